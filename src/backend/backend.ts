@@ -1,0 +1,140 @@
+// The backend interface: every numeric kernel the library uses, on raw float32 buffers.
+//
+// Autograd (src/tensor) decides *what* to compute and in which order; a backend only
+// computes. All activations are contiguous NCHW float32 (PyTorch's default layout).
+// Kernels allocate and return fresh output buffers unless the name ends in `InPlace`.
+// Every kernel of the interface must be implemented by every backend; the conformance
+// suite (test/conformance.test.ts) runs the same PyTorch fixtures on each of them.
+
+export type F32 = Float32Array;
+
+/** Geometry of a 2-d convolution (dilation 1). */
+export interface ConvGeom {
+  n: number; // batch
+  c: number; // input channels
+  h: number; // input height
+  w: number; // input width
+  o: number; // output channels
+  kh: number; // kernel height
+  kw: number; // kernel width
+  sh: number; // stride
+  sw: number;
+  ph: number; // zero padding
+  pw: number;
+  groups: number; // c % groups == 0 and o % groups == 0; depthwise: groups == c
+  oh: number; // output height = floor((h + 2ph - kh) / sh) + 1
+  ow: number;
+}
+
+/** Geometry of a 2-d pooling window (max pool). */
+export interface PoolGeom {
+  n: number;
+  c: number;
+  h: number;
+  w: number;
+  kh: number;
+  kw: number;
+  sh: number;
+  sw: number;
+  ph: number;
+  pw: number;
+  oh: number;
+  ow: number;
+}
+
+export interface BatchNormTrainResult {
+  y: F32; // (N, C, H, W) normalised, scaled and shifted
+  mean: F32; // (C) batch mean
+  varBiased: F32; // (C) batch variance, divided by N*H*W (used for normalising)
+  invstd: F32; // (C) 1 / sqrt(varBiased + eps)
+}
+
+export interface BatchNormGrads {
+  dx: F32; // (N, C, H, W)
+  dweight: F32; // (C)
+  dbias: F32; // (C)
+}
+
+export interface AdamHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  step: number; // 1-based step count after increment (for bias correction)
+}
+
+export interface SgdHyper {
+  lr: number;
+  momentum: number;
+  dampening: number;
+  nesterov: boolean;
+  weightDecay: number;
+  firstStep: boolean; // momentum buffer is initialised to the gradient on the first step
+}
+
+export interface Backend {
+  readonly name: string;
+
+  // ---- convolution ------------------------------------------------------------------
+  // x: (N, C, H, W), w: (O, C/groups, KH, KW), b: (O) or null -> y: (N, O, OH, OW)
+  conv2d(x: F32, w: F32, b: F32 | null, g: ConvGeom): F32;
+  // dy: (N, O, OH, OW), w -> dx: (N, C, H, W)
+  conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32;
+  // dy: (N, O, OH, OW), x: (N, C, H, W) -> dw: (O, C/groups, KH, KW)
+  conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom): F32;
+
+  // ---- batch norm (per channel over N, H, W) ---------------------------------------
+  // x: (N, C, HW) -> y, batch statistics
+  batchNormTrain(x: F32, weight: F32 | null, bias: F32 | null, n: number, c: number, hw: number, eps: number): BatchNormTrainResult;
+  // x: (N, C, HW) with running statistics -> y
+  batchNormEval(x: F32, mean: F32, varRunning: F32, weight: F32 | null, bias: F32 | null, n: number, c: number, hw: number, eps: number): F32;
+  // training-mode backward: dy, x, saved mean/invstd -> dx, dweight, dbias
+  batchNormBackward(dy: F32, x: F32, mean: F32, invstd: F32, weight: F32 | null, n: number, c: number, hw: number): BatchNormGrads;
+
+  // ---- elementwise -------------------------------------------------------------------
+  relu(x: F32): F32;
+  // dx = dy * (y > 0)
+  reluBackward(dy: F32, y: F32): F32;
+  relu6(x: F32): F32;
+  // dx = dy * (0 < y < 6)
+  relu6Backward(dy: F32, y: F32): F32;
+  add(a: F32, b: F32): F32;
+  mul(a: F32, b: F32): F32;
+  scale(a: F32, s: number): F32;
+  // acc += a
+  addInPlace(acc: F32, a: F32): void;
+
+  // ---- pooling -----------------------------------------------------------------------
+  // x: (N, C, H, W) -> y: (N, C, OH, OW) and the flat index within each (H*W) plane of each max
+  maxPool2d(x: F32, g: PoolGeom): { y: F32; argmax: Int32Array };
+  maxPool2dBackward(dy: F32, argmax: Int32Array, g: PoolGeom): F32;
+  // PyTorch's adaptive windows: start = floor(i*H/OH), end = ceil((i+1)*H/OH)
+  adaptiveAvgPool2d(x: F32, n: number, c: number, h: number, w: number, oh: number, ow: number): F32;
+  adaptiveAvgPool2dBackward(dy: F32, n: number, c: number, h: number, w: number, oh: number, ow: number): F32;
+
+  // ---- dense -------------------------------------------------------------------------
+  // C(M, N) = A(M, K) * B(K, N) with optional transposes of the stored operands:
+  // transA: A is stored (K, M); transB: B is stored (N, K). Returns a fresh C.
+  matmul(a: F32, b: F32, m: number, n: number, k: number, transA: boolean, transB: boolean): F32;
+  // y (rows, cols) += bias (cols), in place
+  addRowVectorInPlace(y: F32, bias: F32, rows: number, cols: number): void;
+  // sum over rows of x (rows, cols) -> (cols)
+  sumRows(x: F32, rows: number, cols: number): F32;
+  // sum over N and spatial of x (N, C, HW) -> (C)   (conv bias gradient)
+  sumChannels(x: F32, n: number, c: number, hw: number): F32;
+
+  // ---- softmax -----------------------------------------------------------------------
+  // x: (rows, cols) -> log_softmax over cols
+  logSoftmax(x: F32, rows: number, cols: number): F32;
+  // dx = dy - exp(y) * sum(dy) per row, y = log_softmax output
+  logSoftmaxBackward(dy: F32, y: F32, rows: number, cols: number): F32;
+
+  // ---- optimiser updates (in place, one fused pass per parameter) ---------------------
+  adamStepInPlace(param: F32, grad: F32, expAvg: F32, expAvgSq: F32, h: AdamHyper): void;
+  sgdStepInPlace(param: F32, grad: F32, momentumBuf: F32 | null, h: SgdHyper): void;
+}
+
+export function convOutSize(size: number, k: number, stride: number, pad: number): number {
+  return Math.floor((size + 2 * pad - k) / stride) + 1;
+}

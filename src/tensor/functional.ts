@@ -1,0 +1,321 @@
+// Differentiable operations: each computes its forward pass with the current backend and
+// records how to compute its backward pass. This is the only place autograd rules live.
+import { getBackend } from '../backend/registry.js';
+import { convOutSize, type ConvGeom, type F32, type PoolGeom } from '../backend/backend.js';
+import { Generator, defaultGenerator } from './random.js';
+import { Tensor, formatShape, isGradEnabled, noGrad } from './tensor.js';
+
+/** Make the output of an op, recording its backward when any input requires grad. */
+function result(values: F32, shape: readonly number[], name: string, inputs: (Tensor | null)[], backward: (gy: F32) => (F32 | null)[]): Tensor {
+  const needs = isGradEnabled() && inputs.some((t) => t !== null && t.requiresGrad);
+  const out = new Tensor(values, shape, needs);
+  if (needs) out.gradFn = { name, inputs, backward };
+  return out;
+}
+
+function pair(v: number | readonly [number, number], what: string): [number, number] {
+  const p: [number, number] = typeof v === 'number' ? [v, v] : [v[0], v[1]];
+  if (!Number.isInteger(p[0]) || !Number.isInteger(p[1]) || p[0] < 0 || p[1] < 0) throw new Error(`${what} must be a non-negative integer or a pair of them, got ${JSON.stringify(v)}`);
+  return p;
+}
+
+function expectNdim(x: Tensor, nd: number, op: string, layout: string): void {
+  if (x.ndim !== nd) throw new Error(`${op}: expected a ${nd}-d input ${layout}, got shape ${formatShape(x.shape)}`);
+}
+
+// ---- convolution -----------------------------------------------------------------------------
+
+export interface Conv2dOptions {
+  stride?: number | readonly [number, number];
+  padding?: number | readonly [number, number];
+  groups?: number;
+}
+
+// x: (N, C, H, W), weight: (O, C/groups, KH, KW), bias: (O) -> (N, O, OH, OW)
+export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, opts: Conv2dOptions = {}): Tensor {
+  const [sh, sw] = pair(opts.stride ?? 1, 'conv2d: stride');
+  const [ph, pw] = pair(opts.padding ?? 0, 'conv2d: padding');
+  const groups = opts.groups ?? 1;
+  expectNdim(x, 4, 'conv2d', '(N, C, H, W)');
+  if (weight.ndim !== 4) throw new Error(`conv2d: weight must be 4-d (O, C/groups, KH, KW), got ${formatShape(weight.shape)}`);
+  const [n, c, h, w] = x.shape;
+  const [o, cpg, kh, kw] = weight.shape;
+  if (sh < 1 || sw < 1) throw new Error(`conv2d: stride must be at least 1`);
+  if (!Number.isInteger(groups) || groups < 1 || o % groups !== 0) throw new Error(`conv2d: groups=${groups} must divide the ${o} output channels`);
+  if (cpg * groups !== c) {
+    throw new Error(`conv2d: expected input with ${cpg * groups} channels (weight ${formatShape(weight.shape)}, groups=${groups}), got input of shape ${formatShape(x.shape)}`);
+  }
+  if (bias && (bias.ndim !== 1 || bias.shape[0] !== o)) throw new Error(`conv2d: bias must have shape [${o}], got ${formatShape(bias.shape)}`);
+  const oh = convOutSize(h, kh, sh, ph);
+  const ow = convOutSize(w, kw, sw, pw);
+  if (oh < 1 || ow < 1) {
+    throw new Error(`conv2d: input of spatial size ${h}x${w} (padded ${h + 2 * ph}x${w + 2 * pw}) is smaller than the ${kh}x${kw} kernel`);
+  }
+  const g: ConvGeom = { n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, oh, ow };
+  const be = getBackend();
+  const y = be.conv2d(x.values, weight.values, bias ? bias.values : null, g);
+  const xv = x.values;
+  const wv = weight.values;
+  return result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], (gy) => {
+    const b = getBackend();
+    return [
+      x.requiresGrad ? b.conv2dBackwardInput(gy, wv, g) : null,
+      weight.requiresGrad ? b.conv2dBackwardWeight(gy, xv, g) : null,
+      bias && bias.requiresGrad ? b.sumChannels(gy, n, o, oh * ow) : null,
+    ];
+  });
+}
+
+// ---- batch norm ------------------------------------------------------------------------------
+
+export interface BatchNormOptions {
+  training: boolean;
+  momentum: number; // weight of the batch statistic in the running average
+  eps: number;
+}
+
+/**
+ * Batch normalisation over (N, H, W) per channel. In training mode it normalises with the
+ * batch statistics (biased variance) and, when running statistics are given, updates them in
+ * place with the unbiased variance: r = (1 - momentum) * r + momentum * batch.
+ */
+export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, weight: Tensor | null, bias: Tensor | null, opts: BatchNormOptions): Tensor {
+  if (x.ndim < 2) throw new Error(`batch_norm: expected input (N, C, ...), got shape ${formatShape(x.shape)}`);
+  const n = x.shape[0];
+  const c = x.shape[1];
+  const hw = x.size / Math.max(1, n * c);
+  for (const [t, name] of [[runningMean, 'running_mean'], [runningVar, 'running_var'], [weight, 'weight'], [bias, 'bias']] as const) {
+    if (t && t.size !== c) throw new Error(`batch_norm: expected ${name} with ${c} elements (input ${formatShape(x.shape)}), got ${formatShape(t.shape)}`);
+  }
+  const be = getBackend();
+  const wv = weight ? weight.values : null;
+  const bv = bias ? bias.values : null;
+  if (!opts.training) {
+    if (!runningMean || !runningVar) throw new Error('batch_norm: evaluation mode needs running statistics');
+    const rm = runningMean.values.slice();
+    const rv = runningVar.values.slice();
+    const y = be.batchNormEval(x.values, rm, rv, wv, bv, n, c, hw, opts.eps);
+    return result(y, x.shape, 'BatchNormEvalBackward', [x, weight, bias], (gy) => {
+      // y = (x - m) * invstd * gamma + beta with constant statistics:
+      // dx = dy * gamma * invstd, dgamma = Σ dy * xhat, dbeta = Σ dy
+      const b = getBackend();
+      let gx: F32 | null = null;
+      if (x.requiresGrad) {
+        gx = new Float32Array(gy.length);
+        for (let ni = 0; ni < n; ni++) {
+          for (let ci = 0; ci < c; ci++) {
+            const k = (wv ? wv[ci] : 1) / Math.sqrt(rv[ci] + opts.eps);
+            const p = (ni * c + ci) * hw;
+            for (let i = 0; i < hw; i++) gx[p + i] = gy[p + i] * k;
+          }
+        }
+      }
+      let gw: F32 | null = null;
+      if (weight && weight.requiresGrad) {
+        const xhat = b.batchNormEval(x.values, rm, rv, null, null, n, c, hw, opts.eps);
+        gw = b.sumChannels(b.mul(gy, xhat), n, c, hw);
+      }
+      return [gx, gw, bias && bias.requiresGrad ? b.sumChannels(gy, n, c, hw) : null];
+    });
+  }
+  const count = n * hw;
+  if (count <= 1) throw new Error(`batch_norm: expected more than 1 value per channel when training, got input of shape ${formatShape(x.shape)}`);
+  const r = be.batchNormTrain(x.values, wv, bv, n, c, hw, opts.eps);
+  if (runningMean && runningVar) {
+    const m = opts.momentum;
+    const rm = runningMean.values;
+    const rv = runningVar.values;
+    for (let i = 0; i < c; i++) {
+      rm[i] = (1 - m) * rm[i] + m * r.mean[i];
+      rv[i] = (1 - m) * rv[i] + m * r.varBiased[i] * (count / (count - 1));
+    }
+  }
+  const xv = x.values;
+  const { mean, invstd } = r;
+  return result(r.y, x.shape, 'BatchNormBackward', [x, weight, bias], (gy) => {
+    const g = getBackend().batchNormBackward(gy, xv, mean, invstd, wv, n, c, hw);
+    return [g.dx, g.dweight, g.dbias];
+  });
+}
+
+// ---- activations and arithmetic -------------------------------------------------------------
+
+export function relu(x: Tensor): Tensor {
+  const y = getBackend().relu(x.values);
+  return result(y, x.shape, 'ReluBackward', [x], (gy) => [getBackend().reluBackward(gy, y)]);
+}
+
+export function relu6(x: Tensor): Tensor {
+  const y = getBackend().relu6(x.values);
+  return result(y, x.shape, 'Relu6Backward', [x], (gy) => [getBackend().relu6Backward(gy, y)]);
+}
+
+function sameShape(a: Tensor, b: Tensor, op: string): void {
+  if (a.ndim !== b.ndim || a.shape.some((d, i) => d !== b.shape[i])) throw new Error(`${op}: shapes ${formatShape(a.shape)} and ${formatShape(b.shape)} differ`);
+}
+
+export function add(a: Tensor, b: Tensor): Tensor {
+  sameShape(a, b, 'add');
+  return result(getBackend().add(a.values, b.values), a.shape, 'AddBackward', [a, b], (gy) => [gy, gy]);
+}
+
+/** Elementwise product of two same-shaped tensors, or a tensor times a number. */
+export function mul(a: Tensor, b: Tensor | number): Tensor {
+  if (typeof b === 'number') {
+    return result(getBackend().scale(a.values, b), a.shape, 'MulBackward', [a], (gy) => [getBackend().scale(gy, b)]);
+  }
+  sameShape(a, b, 'mul');
+  const av = a.values;
+  const bv = b.values;
+  return result(getBackend().mul(av, bv), a.shape, 'MulBackward', [a, b], (gy) => [
+    a.requiresGrad ? getBackend().mul(gy, bv) : null,
+    b.requiresGrad ? getBackend().mul(gy, av) : null,
+  ]);
+}
+
+/** Sum of all elements (a one-element tensor of shape []). */
+export function sum(x: Tensor): Tensor {
+  let s = 0;
+  const v = x.values;
+  for (let i = 0; i < v.length; i++) s += v[i];
+  return result(new Float32Array([s]), [], 'SumBackward', [x], (gy) => [new Float32Array(x.size).fill(gy[0])]);
+}
+
+export function mean(x: Tensor): Tensor {
+  return mul(sum(x), 1 / x.size);
+}
+
+// ---- pooling -----------------------------------------------------------------------------------
+
+export interface MaxPool2dOptions {
+  stride?: number | readonly [number, number];
+  padding?: number | readonly [number, number];
+}
+
+export function maxPool2d(x: Tensor, kernelSize: number | readonly [number, number], opts: MaxPool2dOptions = {}): Tensor {
+  expectNdim(x, 4, 'max_pool2d', '(N, C, H, W)');
+  const [kh, kw] = pair(kernelSize, 'max_pool2d: kernel_size');
+  const [sh, sw] = pair(opts.stride ?? kernelSize, 'max_pool2d: stride');
+  const [ph, pw] = pair(opts.padding ?? 0, 'max_pool2d: padding');
+  if (ph * 2 > kh || pw * 2 > kw) throw new Error(`max_pool2d: padding should be at most half of the kernel size`);
+  const [n, c, h, w] = x.shape;
+  const g: PoolGeom = { n, c, h, w, kh, kw, sh, sw, ph, pw, oh: convOutSize(h, kh, sh, ph), ow: convOutSize(w, kw, sw, pw) };
+  if (g.oh < 1 || g.ow < 1) throw new Error(`max_pool2d: input ${formatShape(x.shape)} is too small for kernel ${kh}x${kw}`);
+  const { y, argmax } = getBackend().maxPool2d(x.values, g);
+  return result(y, [n, c, g.oh, g.ow], 'MaxPool2dBackward', [x], (gy) => [getBackend().maxPool2dBackward(gy, argmax, g)]);
+}
+
+export function adaptiveAvgPool2d(x: Tensor, outputSize: number | readonly [number, number]): Tensor {
+  expectNdim(x, 4, 'adaptive_avg_pool2d', '(N, C, H, W)');
+  const [oh, ow] = pair(outputSize, 'adaptive_avg_pool2d: output_size');
+  const [n, c, h, w] = x.shape;
+  if (oh < 1 || ow < 1 || h < 1 || w < 1) throw new Error(`adaptive_avg_pool2d: cannot pool ${formatShape(x.shape)} to ${oh}x${ow}`);
+  const y = getBackend().adaptiveAvgPool2d(x.values, n, c, h, w, oh, ow);
+  return result(y, [n, c, oh, ow], 'AdaptiveAvgPool2dBackward', [x], (gy) => [getBackend().adaptiveAvgPool2dBackward(gy, n, c, h, w, oh, ow)]);
+}
+
+export function flatten(x: Tensor, startDim = 1, endDim = -1): Tensor {
+  return x.flatten(startDim, endDim);
+}
+
+// ---- dense -------------------------------------------------------------------------------------
+
+// x: (N, in), weight: (out, in), bias: (out) -> (N, out)
+export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): Tensor {
+  if (weight.ndim !== 2) throw new Error(`linear: weight must be 2-d (out, in), got ${formatShape(weight.shape)}`);
+  const [out, inF] = weight.shape;
+  if (x.ndim !== 2 || x.shape[1] !== inF) throw new Error(`linear: expected input of shape [N, ${inF}], got ${formatShape(x.shape)}`);
+  if (bias && bias.size !== out) throw new Error(`linear: bias must have shape [${out}], got ${formatShape(bias.shape)}`);
+  const n = x.shape[0];
+  const be = getBackend();
+  const y = be.matmul(x.values, weight.values, n, out, inF, false, true);
+  if (bias) be.addRowVectorInPlace(y, bias.values, n, out);
+  const xv = x.values;
+  const wv = weight.values;
+  return result(y, [n, out], 'LinearBackward', [x, weight, bias], (gy) => {
+    const b = getBackend();
+    return [
+      x.requiresGrad ? b.matmul(gy, wv, n, inF, out, false, false) : null, // (N, out) x (out, in)
+      weight.requiresGrad ? b.matmul(gy, xv, out, inF, n, true, false) : null, // (out, N) x (N, in)
+      bias && bias.requiresGrad ? b.sumRows(gy, n, out) : null,
+    ];
+  });
+}
+
+// ---- losses ------------------------------------------------------------------------------------
+
+/** log_softmax over the last dimension of a 2-d input (N, C). */
+export function logSoftmax(x: Tensor, dim = 1): Tensor {
+  if (x.ndim !== 2 || (dim !== 1 && dim !== -1)) throw new Error(`log_softmax: supported for 2-d input over dim 1, got shape ${formatShape(x.shape)} dim ${dim}`);
+  const [rows, cols] = x.shape;
+  const y = getBackend().logSoftmax(x.values, rows, cols);
+  return result(y, x.shape, 'LogSoftmaxBackward', [x], (gy) => [getBackend().logSoftmaxBackward(gy, y, rows, cols)]);
+}
+
+export type Targets = Int32Array | readonly number[] | Tensor;
+
+function targetArray(t: Targets, n: number, classes: number, op: string): Int32Array {
+  const src: ArrayLike<number> = t instanceof Tensor ? t.values : t;
+  if (src.length !== n) throw new Error(`${op}: expected ${n} targets (one per row of the input), got ${src.length}`);
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = src[i];
+    if (!Number.isInteger(v) || v < 0 || v >= classes) throw new Error(`${op}: target ${v} at position ${i} is out of range for ${classes} classes`);
+    out[i] = v;
+  }
+  return out;
+}
+
+export interface CrossEntropyOptions {
+  labelSmoothing?: number;
+  reduction?: 'mean' | 'sum';
+}
+
+/**
+ * Negative log likelihood with optional label smoothing (PyTorch's formula):
+ * loss_i = (1 - ε) * (-logp[i, y_i]) + (ε / C) * Σ_j (-logp[i, j]); reduced by mean or sum.
+ */
+export function nllLoss(logp: Tensor, targets: Targets, opts: CrossEntropyOptions = {}): Tensor {
+  if (logp.ndim !== 2) throw new Error(`nll_loss: expected input (N, C), got shape ${formatShape(logp.shape)}`);
+  const [n, c] = logp.shape;
+  const eps = opts.labelSmoothing ?? 0;
+  if (!(eps >= 0 && eps <= 1)) throw new Error(`cross_entropy: label_smoothing must be in [0, 1], got ${eps}`);
+  const y = targetArray(targets, n, c, 'cross_entropy');
+  const lp = logp.values;
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    let rowSum = 0;
+    if (eps > 0) for (let j = 0; j < c; j++) rowSum += lp[i * c + j];
+    total += -(1 - eps) * lp[i * c + y[i]] - (eps / c) * rowSum;
+  }
+  const scaleBy = opts.reduction === 'sum' ? 1 : 1 / n;
+  return result(new Float32Array([total * scaleBy]), [], 'NllLossBackward', [logp], (gy) => {
+    const g = new Float32Array(n * c);
+    const s = gy[0] * scaleBy;
+    for (let i = 0; i < n; i++) {
+      if (eps > 0) for (let j = 0; j < c; j++) g[i * c + j] = (-eps / c) * s;
+      g[i * c + y[i]] += -(1 - eps) * s;
+    }
+    return [g];
+  });
+}
+
+/** Cross-entropy between logits (N, C) and class indices (N), mean over the batch by default. */
+export function crossEntropy(logits: Tensor, targets: Targets, opts: CrossEntropyOptions = {}): Tensor {
+  return nllLoss(logSoftmax(logits), targets, opts);
+}
+
+// ---- regularisation ----------------------------------------------------------------------------
+
+/** Inverted dropout: zero each element with probability p and scale the rest by 1/(1-p). */
+export function dropout(x: Tensor, p: number, training: boolean, generator: Generator = defaultGenerator): Tensor {
+  if (!(p >= 0 && p <= 1)) throw new Error(`dropout: probability must be in [0, 1], got ${p}`);
+  if (!training || p === 0) return x;
+  const mask = new Float32Array(x.size);
+  const keep = p === 1 ? 0 : 1 / (1 - p);
+  for (let i = 0; i < mask.length; i++) mask[i] = generator.random() < p ? 0 : keep;
+  const y = getBackend().mul(x.values, mask);
+  return result(y, x.shape, 'DropoutBackward', [x], (gy) => [getBackend().mul(gy, mask)]);
+}
+
+export { noGrad };
