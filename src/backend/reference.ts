@@ -5,6 +5,15 @@ import type { AdamHyper, Backend, BatchNormGrads, BatchNormTrainResult, ConvGeom
 
 // ---- convolution ----------------------------------------------------------------------
 
+/** Output columns [ox0, ox1) whose input column ox*stride - pad + k lies inside [0, size). */
+function validRange(k: number, stride: number, pad: number, size: number, outSize: number): [number, number] {
+  let ox0 = 0;
+  while (ox0 < outSize && ox0 * stride - pad + k < 0) ox0++;
+  let ox1 = outSize;
+  while (ox1 > ox0 && (ox1 - 1) * stride - pad + k >= size) ox1--;
+  return [ox0, ox1];
+}
+
 // x: (N, C, H, W), w: (O, C/g, KH, KW), b: (O) -> y: (N, O, OH, OW)
 function conv2d(x: F32, w: F32, b: F32 | null, g: ConvGeom): F32 {
   const { n, c, h, w: W, o, kh, kw, sh, sw, ph, pw, groups, oh, ow } = g;
@@ -21,15 +30,12 @@ function conv2d(x: F32, w: F32, b: F32 | null, g: ConvGeom): F32 {
         for (let ky = 0; ky < kh; ky++) {
           for (let kx = 0; kx < kw; kx++) {
             const wv = w[((oc * cg + ci) * kh + ky) * kw + kx];
+            const [ox0, ox1] = validRange(kx, sw, pw, W, ow);
             for (let oy = 0; oy < oh; oy++) {
               const iy = oy * sh - ph + ky;
               if (iy < 0 || iy >= h) continue;
-              const row = xc + iy * W;
-              for (let ox = 0; ox < ow; ox++) {
-                const ix = ox * sw - pw + kx;
-                if (ix < 0 || ix >= W) continue;
-                acc[oy * ow + ox] += wv * x[row + ix];
-              }
+              const row = xc + iy * W - pw + kx;
+              for (let ox = ox0; ox < ox1; ox++) acc[oy * ow + ox] += wv * x[row + ox * sw];
             }
           }
         }
@@ -58,14 +64,12 @@ function conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32 {
         for (let ky = 0; ky < kh; ky++) {
           for (let kx = 0; kx < kw; kx++) {
             const wv = w[((oc * cg + ci) * kh + ky) * kw + kx];
+            const [ox0, ox1] = validRange(kx, sw, pw, W, ow);
             for (let oy = 0; oy < oh; oy++) {
               const iy = oy * sh - ph + ky;
               if (iy < 0 || iy >= h) continue;
-              for (let ox = 0; ox < ow; ox++) {
-                const ix = ox * sw - pw + kx;
-                if (ix < 0 || ix >= W) continue;
-                acc[iy * W + ix] += wv * dy[dyp + oy * ow + ox];
-              }
+              const row = iy * W - pw + kx;
+              for (let ox = ox0; ox < ox1; ox++) acc[row + ox * sw] += wv * dy[dyp + oy * ow + ox];
             }
           }
         }
@@ -88,17 +92,15 @@ function conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom): F32 {
       for (let ky = 0; ky < kh; ky++) {
         for (let kx = 0; kx < kw; kx++) {
           let s = 0;
+          const [ox0, ox1] = validRange(kx, sw, pw, W, ow);
           for (let ni = 0; ni < n; ni++) {
             const xc = (ni * c + grp * cg + ci) * h * W;
             const dyp = (ni * o + oc) * oh * ow;
             for (let oy = 0; oy < oh; oy++) {
               const iy = oy * sh - ph + ky;
               if (iy < 0 || iy >= h) continue;
-              for (let ox = 0; ox < ow; ox++) {
-                const ix = ox * sw - pw + kx;
-                if (ix < 0 || ix >= W) continue;
-                s += dy[dyp + oy * ow + ox] * x[xc + iy * W + ix];
-              }
+              const row = xc + iy * W - pw + kx;
+              for (let ox = ox0; ox < ox1; ox++) s += dy[dyp + oy * ow + ox] * x[row + ox * sw];
             }
           }
           dw[((oc * cg + ci) * kh + ky) * kw + kx] = s;

@@ -1,1 +1,1 @@
-export { Optimizer, Adam, SGD, type AdamOptions, type SgdOptions, type OptimizerStateDict, type ParamState } from './optimizer.js';
+export { Optimizer, Adam, AdamW, SGD, type AdamOptions, type SgdOptions, type OptimizerStateDict, type ParamState } from './optimizer.js';

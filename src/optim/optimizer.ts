@@ -188,3 +188,20 @@ export class SGD extends Optimizer<SgdOptions> {
     });
   }
 }
+
+/** AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, as torch.optim.AdamW. */
+export class AdamW extends Adam {
+  constructor(params: ParamsArg<AdamOptions>, opts: Partial<AdamOptions> = {}) {
+    super(params, { weightDecay: 1e-2, ...opts });
+  }
+
+  protected override update(p: Parameter, grad: Tensor, h: AdamOptions, be: ReturnType<typeof getBackend>): void {
+    // p ← p·(1 − lr·λ), then the Adam step without L2 decay in the gradient.
+    const decay = 1 - h.lr * h.weightDecay;
+    if (decay !== 1) {
+      const v = p.values;
+      for (let i = 0; i < v.length; i++) v[i] *= decay;
+    }
+    super.update(p, grad, { ...h, weightDecay: 0 }, be);
+  }
+}
