@@ -13,6 +13,24 @@ function result(values: F32, shape: readonly number[], name: string, inputs: (Te
   return out;
 }
 
+// ---- tracing (for export) ---------------------------------------------------------------------
+
+/**
+ * Receives every op as it runs while installed with setTracer (the ONNX exporter uses it):
+ * the op's name, its tensor inputs (null for an absent optional one), its output and its
+ * non-tensor arguments. Ops call it after computing, so it never changes a result.
+ */
+export type Tracer = (op: string, inputs: readonly (Tensor | null)[], output: Tensor, attrs: Readonly<Record<string, unknown>>) => void;
+
+let tracer: Tracer | null = null;
+
+/** Install an op tracer (null removes it); returns the one it replaces. Off by default. */
+export function setTracer(t: Tracer | null): Tracer | null {
+  const prev = tracer;
+  tracer = t;
+  return prev;
+}
+
 function pair(v: number | readonly [number, number], what: string): [number, number] {
   const p: [number, number] = typeof v === 'number' ? [v, v] : [v[0], v[1]];
   if (!Number.isInteger(p[0]) || !Number.isInteger(p[1]) || p[0] < 0 || p[1] < 0) throw new Error(`${what} must be a non-negative integer or a pair of them, got ${JSON.stringify(v)}`);
@@ -56,7 +74,7 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
   const y = be.conv2d(x.values, weight.values, bias ? bias.values : null, g);
   const xv = x.values;
   const wv = weight.values;
-  return result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], (gy) => {
+  const out = result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], (gy) => {
     const b = getBackend();
     return [
       x.requiresGrad ? b.conv2dBackwardInput(gy, wv, g) : null,
@@ -64,6 +82,8 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
       bias && bias.requiresGrad ? b.sumChannels(gy, n, o, oh * ow) : null,
     ];
   });
+  if (tracer !== null) tracer('conv2d', [x, weight, bias], out, { stride: [sh, sw], padding: [ph, pw], groups });
+  return out;
 }
 
 // ---- batch norm ------------------------------------------------------------------------------
@@ -95,7 +115,7 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
     const rm = runningMean.values.slice();
     const rv = runningVar.values.slice();
     const y = be.batchNormEval(x.values, rm, rv, wv, bv, n, c, hw, opts.eps);
-    return result(y, x.shape, 'BatchNormEvalBackward', [x, weight, bias], (gy) => {
+    const out = result(y, x.shape, 'BatchNormEvalBackward', [x, weight, bias], (gy) => {
       // y = (x - m) * invstd * gamma + beta with constant statistics:
       // dx = dy * gamma * invstd, dgamma = Σ dy * xhat, dbeta = Σ dy
       const b = getBackend();
@@ -117,6 +137,8 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
       }
       return [gx, gw, bias && bias.requiresGrad ? b.sumChannels(gy, n, c, hw) : null];
     });
+    if (tracer !== null) tracer('batch_norm', [x, runningMean, runningVar, weight, bias], out, { training: false, eps: opts.eps });
+    return out;
   }
   const count = n * hw;
   if (count <= 1) throw new Error(`batch_norm: expected more than 1 value per channel when training, got input of shape ${formatShape(x.shape)}`);
@@ -132,22 +154,28 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
   }
   const xv = x.values;
   const { mean, invstd } = r;
-  return result(r.y, x.shape, 'BatchNormBackward', [x, weight, bias], (gy) => {
+  const out = result(r.y, x.shape, 'BatchNormBackward', [x, weight, bias], (gy) => {
     const g = getBackend().batchNormBackward(gy, xv, mean, invstd, wv, n, c, hw);
     return [g.dx, g.dweight, g.dbias];
   });
+  if (tracer !== null) tracer('batch_norm', [x, runningMean, runningVar, weight, bias], out, { training: true, eps: opts.eps });
+  return out;
 }
 
 // ---- activations and arithmetic -------------------------------------------------------------
 
 export function relu(x: Tensor): Tensor {
   const y = getBackend().relu(x.values);
-  return result(y, x.shape, 'ReluBackward', [x], (gy) => [getBackend().reluBackward(gy, y)]);
+  const out = result(y, x.shape, 'ReluBackward', [x], (gy) => [getBackend().reluBackward(gy, y)]);
+  if (tracer !== null) tracer('relu', [x], out, {});
+  return out;
 }
 
 export function relu6(x: Tensor): Tensor {
   const y = getBackend().relu6(x.values);
-  return result(y, x.shape, 'Relu6Backward', [x], (gy) => [getBackend().relu6Backward(gy, y)]);
+  const out = result(y, x.shape, 'Relu6Backward', [x], (gy) => [getBackend().relu6Backward(gy, y)]);
+  if (tracer !== null) tracer('relu6', [x], out, {});
+  return out;
 }
 
 function sameShape(a: Tensor, b: Tensor, op: string): void {
@@ -156,21 +184,27 @@ function sameShape(a: Tensor, b: Tensor, op: string): void {
 
 export function add(a: Tensor, b: Tensor): Tensor {
   sameShape(a, b, 'add');
-  return result(getBackend().add(a.values, b.values), a.shape, 'AddBackward', [a, b], (gy) => [gy, gy]);
+  const out = result(getBackend().add(a.values, b.values), a.shape, 'AddBackward', [a, b], (gy) => [gy, gy]);
+  if (tracer !== null) tracer('add', [a, b], out, {});
+  return out;
 }
 
 /** Elementwise product of two same-shaped tensors, or a tensor times a number. */
 export function mul(a: Tensor, b: Tensor | number): Tensor {
   if (typeof b === 'number') {
-    return result(getBackend().scale(a.values, b), a.shape, 'MulBackward', [a], (gy) => [getBackend().scale(gy, b)]);
+    const out = result(getBackend().scale(a.values, b), a.shape, 'MulBackward', [a], (gy) => [getBackend().scale(gy, b)]);
+    if (tracer !== null) tracer('mul', [a], out, { scalar: b });
+    return out;
   }
   sameShape(a, b, 'mul');
   const av = a.values;
   const bv = b.values;
-  return result(getBackend().mul(av, bv), a.shape, 'MulBackward', [a, b], (gy) => [
+  const out = result(getBackend().mul(av, bv), a.shape, 'MulBackward', [a, b], (gy) => [
     a.requiresGrad ? getBackend().mul(gy, bv) : null,
     b.requiresGrad ? getBackend().mul(gy, av) : null,
   ]);
+  if (tracer !== null) tracer('mul', [a, b], out, {});
+  return out;
 }
 
 /** Sum of all elements (a one-element tensor of shape []). */
@@ -178,7 +212,9 @@ export function sum(x: Tensor): Tensor {
   let s = 0;
   const v = x.values;
   for (let i = 0; i < v.length; i++) s += v[i];
-  return result(new Float32Array([s]), [], 'SumBackward', [x], (gy) => [new Float32Array(x.size).fill(gy[0])]);
+  const out = result(new Float32Array([s]), [], 'SumBackward', [x], (gy) => [new Float32Array(x.size).fill(gy[0])]);
+  if (tracer !== null) tracer('sum', [x], out, {});
+  return out;
 }
 
 export function mean(x: Tensor): Tensor {
@@ -202,7 +238,9 @@ export function maxPool2d(x: Tensor, kernelSize: number | readonly [number, numb
   const g: PoolGeom = { n, c, h, w, kh, kw, sh, sw, ph, pw, oh: convOutSize(h, kh, sh, ph), ow: convOutSize(w, kw, sw, pw) };
   if (g.oh < 1 || g.ow < 1) throw new Error(`max_pool2d: input ${formatShape(x.shape)} is too small for kernel ${kh}x${kw}`);
   const { y, argmax } = getBackend().maxPool2d(x.values, g);
-  return result(y, [n, c, g.oh, g.ow], 'MaxPool2dBackward', [x], (gy) => [getBackend().maxPool2dBackward(gy, argmax, g)]);
+  const out = result(y, [n, c, g.oh, g.ow], 'MaxPool2dBackward', [x], (gy) => [getBackend().maxPool2dBackward(gy, argmax, g)]);
+  if (tracer !== null) tracer('max_pool2d', [x], out, { kernelSize: [kh, kw], stride: [sh, sw], padding: [ph, pw] });
+  return out;
 }
 
 export function adaptiveAvgPool2d(x: Tensor, outputSize: number | readonly [number, number]): Tensor {
@@ -211,7 +249,9 @@ export function adaptiveAvgPool2d(x: Tensor, outputSize: number | readonly [numb
   const [n, c, h, w] = x.shape;
   if (oh < 1 || ow < 1 || h < 1 || w < 1) throw new Error(`adaptive_avg_pool2d: cannot pool ${formatShape(x.shape)} to ${oh}x${ow}`);
   const y = getBackend().adaptiveAvgPool2d(x.values, n, c, h, w, oh, ow);
-  return result(y, [n, c, oh, ow], 'AdaptiveAvgPool2dBackward', [x], (gy) => [getBackend().adaptiveAvgPool2dBackward(gy, n, c, h, w, oh, ow)]);
+  const out = result(y, [n, c, oh, ow], 'AdaptiveAvgPool2dBackward', [x], (gy) => [getBackend().adaptiveAvgPool2dBackward(gy, n, c, h, w, oh, ow)]);
+  if (tracer !== null) tracer('adaptive_avg_pool2d', [x], out, { outputSize: [oh, ow] });
+  return out;
 }
 
 export function flatten(x: Tensor, startDim = 1, endDim = -1): Tensor {
@@ -232,7 +272,7 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
   if (bias) be.addRowVectorInPlace(y, bias.values, n, out);
   const xv = x.values;
   const wv = weight.values;
-  return result(y, [n, out], 'LinearBackward', [x, weight, bias], (gy) => {
+  const res = result(y, [n, out], 'LinearBackward', [x, weight, bias], (gy) => {
     const b = getBackend();
     return [
       x.requiresGrad ? b.matmul(gy, wv, n, inF, out, false, false) : null, // (N, out) x (out, in)
@@ -240,6 +280,8 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
       bias && bias.requiresGrad ? b.sumRows(gy, n, out) : null,
     ];
   });
+  if (tracer !== null) tracer('linear', [x, weight, bias], res, {});
+  return res;
 }
 
 // ---- losses ------------------------------------------------------------------------------------
@@ -249,7 +291,9 @@ export function logSoftmax(x: Tensor, dim = 1): Tensor {
   if (x.ndim !== 2 || (dim !== 1 && dim !== -1)) throw new Error(`log_softmax: supported for 2-d input over dim 1, got shape ${formatShape(x.shape)} dim ${dim}`);
   const [rows, cols] = x.shape;
   const y = getBackend().logSoftmax(x.values, rows, cols);
-  return result(y, x.shape, 'LogSoftmaxBackward', [x], (gy) => [getBackend().logSoftmaxBackward(gy, y, rows, cols)]);
+  const out = result(y, x.shape, 'LogSoftmaxBackward', [x], (gy) => [getBackend().logSoftmaxBackward(gy, y, rows, cols)]);
+  if (tracer !== null) tracer('log_softmax', [x], out, { dim: 1 });
+  return out;
 }
 
 export type Targets = Int32Array | readonly number[] | Tensor;
@@ -289,7 +333,7 @@ export function nllLoss(logp: Tensor, targets: Targets, opts: CrossEntropyOption
     total += -(1 - eps) * lp[i * c + y[i]] - (eps / c) * rowSum;
   }
   const scaleBy = opts.reduction === 'sum' ? 1 : 1 / n;
-  return result(new Float32Array([total * scaleBy]), [], 'NllLossBackward', [logp], (gy) => {
+  const out = result(new Float32Array([total * scaleBy]), [], 'NllLossBackward', [logp], (gy) => {
     const g = new Float32Array(n * c);
     const s = gy[0] * scaleBy;
     for (let i = 0; i < n; i++) {
@@ -298,6 +342,8 @@ export function nllLoss(logp: Tensor, targets: Targets, opts: CrossEntropyOption
     }
     return [g];
   });
+  if (tracer !== null) tracer('nll_loss', [logp], out, { labelSmoothing: eps, reduction: opts.reduction ?? 'mean' });
+  return out;
 }
 
 /** Cross-entropy between logits (N, C) and class indices (N), mean over the batch by default. */
@@ -315,7 +361,9 @@ export function dropout(x: Tensor, p: number, training: boolean, generator: Gene
   const keep = p === 1 ? 0 : 1 / (1 - p);
   for (let i = 0; i < mask.length; i++) mask[i] = generator.random() < p ? 0 : keep;
   const y = getBackend().mul(x.values, mask);
-  return result(y, x.shape, 'DropoutBackward', [x], (gy) => [getBackend().mul(gy, mask)]);
+  const out = result(y, x.shape, 'DropoutBackward', [x], (gy) => [getBackend().mul(gy, mask)]);
+  if (tracer !== null) tracer('dropout', [x], out, { p, training });
+  return out;
 }
 
 export { noGrad };

@@ -1,0 +1,235 @@
+// The part of the ONNX protobuf schema (onnx/onnx.proto, proto2) that the exporter writes and
+// the tests read back: names, types and field numbers exactly as in the official file, with
+// the messages and fields we never use left out (a reader skips unknown fields anyway).
+// protobufjs encodes and decodes with it; nothing here writes the wire format by hand.
+import protobuf from 'protobufjs';
+
+export const ONNX_SCHEMA = `
+syntax = "proto2";
+package onnx;
+
+message AttributeProto {
+  enum AttributeType {
+    UNDEFINED = 0;
+    FLOAT = 1;
+    INT = 2;
+    STRING = 3;
+    TENSOR = 4;
+    GRAPH = 5;
+    FLOATS = 6;
+    INTS = 7;
+    STRINGS = 8;
+    TENSORS = 9;
+    GRAPHS = 10;
+    SPARSE_TENSOR = 11;
+    SPARSE_TENSORS = 12;
+    TYPE_PROTO = 13;
+    TYPE_PROTOS = 14;
+  }
+  optional string name = 1;
+  optional string doc_string = 13;
+  optional AttributeType type = 20;
+  optional float f = 2;
+  optional int64 i = 3;
+  optional bytes s = 4;
+  optional TensorProto t = 5;
+  optional GraphProto g = 6;
+  repeated float floats = 7;
+  repeated int64 ints = 8;
+  repeated bytes strings = 9;
+  repeated TensorProto tensors = 10;
+  repeated GraphProto graphs = 11;
+}
+
+message ValueInfoProto {
+  optional string name = 1;
+  optional TypeProto type = 2;
+  optional string doc_string = 3;
+}
+
+message NodeProto {
+  repeated string input = 1;
+  repeated string output = 2;
+  optional string name = 3;
+  optional string op_type = 4;
+  optional string domain = 7;
+  repeated AttributeProto attribute = 5;
+  optional string doc_string = 6;
+}
+
+message StringStringEntryProto {
+  optional string key = 1;
+  optional string value = 2;
+}
+
+message OperatorSetIdProto {
+  optional string domain = 1;
+  optional int64 version = 2;
+}
+
+message ModelProto {
+  optional int64 ir_version = 1;
+  repeated OperatorSetIdProto opset_import = 8;
+  optional string producer_name = 2;
+  optional string producer_version = 3;
+  optional string domain = 4;
+  optional int64 model_version = 5;
+  optional string doc_string = 6;
+  optional GraphProto graph = 7;
+  repeated StringStringEntryProto metadata_props = 14;
+}
+
+message GraphProto {
+  repeated NodeProto node = 1;
+  optional string name = 2;
+  repeated TensorProto initializer = 5;
+  optional string doc_string = 10;
+  repeated ValueInfoProto input = 11;
+  repeated ValueInfoProto output = 12;
+  repeated ValueInfoProto value_info = 13;
+}
+
+message TensorProto {
+  enum DataType {
+    UNDEFINED = 0;
+    FLOAT = 1;
+    UINT8 = 2;
+    INT8 = 3;
+    UINT16 = 4;
+    INT16 = 5;
+    INT32 = 6;
+    INT64 = 7;
+    STRING = 8;
+    BOOL = 9;
+    FLOAT16 = 10;
+    DOUBLE = 11;
+    UINT32 = 12;
+    UINT64 = 13;
+  }
+  repeated int64 dims = 1;
+  optional int32 data_type = 2;
+  repeated float float_data = 4 [packed = true];
+  repeated int32 int32_data = 5 [packed = true];
+  repeated int64 int64_data = 7 [packed = true];
+  optional string name = 8;
+  optional string doc_string = 12;
+  optional bytes raw_data = 9;
+}
+
+message TensorShapeProto {
+  message Dimension {
+    oneof value {
+      int64 dim_value = 1;
+      string dim_param = 2;
+    };
+    optional string denotation = 3;
+  };
+  repeated Dimension dim = 1;
+}
+
+message TypeProto {
+  message Tensor {
+    optional int32 elem_type = 1;
+    optional TensorShapeProto shape = 2;
+  }
+  oneof value {
+    Tensor tensor_type = 1;
+  }
+  optional string denotation = 6;
+}
+`;
+
+/** TensorProto.DataType values used here. */
+export const DataType = { FLOAT: 1, INT64: 7 } as const;
+
+/** AttributeProto.AttributeType values used here. */
+export const AttributeType = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, FLOATS: 6, INTS: 7 } as const;
+
+// ---- plain-object shapes of the messages (as protobufjs fromObject/toObject see them) -------
+
+export interface TensorProtoObj {
+  name?: string;
+  dims: number[];
+  dataType: number;
+  rawData?: Uint8Array;
+  floatData?: number[];
+  int64Data?: number[];
+}
+
+export interface AttributeProtoObj {
+  name: string;
+  type: number;
+  f?: number;
+  i?: number;
+  s?: Uint8Array;
+  t?: TensorProtoObj;
+  floats?: number[];
+  ints?: number[];
+}
+
+export interface NodeProtoObj {
+  name: string;
+  opType: string;
+  input: string[];
+  output: string[];
+  attribute: AttributeProtoObj[];
+  domain?: string;
+  docString?: string;
+}
+
+export interface DimensionObj {
+  dimValue?: number;
+  dimParam?: string;
+}
+
+export interface ValueInfoProtoObj {
+  name: string;
+  type: { tensorType: { elemType: number; shape: { dim: DimensionObj[] } } };
+  docString?: string;
+}
+
+export interface GraphProtoObj {
+  name: string;
+  node: NodeProtoObj[];
+  initializer: TensorProtoObj[];
+  input: ValueInfoProtoObj[];
+  output: ValueInfoProtoObj[];
+  valueInfo: ValueInfoProtoObj[];
+  docString?: string;
+}
+
+export interface ModelProtoObj {
+  irVersion: number;
+  opsetImport: { domain: string; version: number }[];
+  producerName?: string;
+  producerVersion?: string;
+  docString?: string;
+  graph: GraphProtoObj;
+  metadataProps?: { key: string; value: string }[];
+}
+
+let root: protobuf.Root | null = null;
+
+/** The parsed schema (parsed once). */
+export function onnxRoot(): protobuf.Root {
+  if (root === null) root = protobuf.parse(ONNX_SCHEMA, { keepCase: false }).root;
+  return root;
+}
+
+/** The onnx.ModelProto message type. */
+export function modelProtoType(): protobuf.Type {
+  return onnxRoot().lookupType('onnx.ModelProto');
+}
+
+/** Serialise a model to the bytes of an .onnx file. */
+export function encodeModel(model: ModelProtoObj): Uint8Array {
+  const T = modelProtoType();
+  const msg = T.fromObject(model as unknown as Record<string, unknown>);
+  return T.encode(msg).finish();
+}
+
+/** Parse the bytes of an .onnx file into plain objects (int64 as numbers, bytes as Uint8Array). */
+export function decodeModel(bytes: Uint8Array): ModelProtoObj {
+  const T = modelProtoType();
+  return T.toObject(T.decode(bytes), { longs: Number, enums: Number, arrays: true }) as unknown as ModelProtoObj;
+}
