@@ -300,3 +300,41 @@ describe('eval and predict', () => {
     assertOneLineError(e, /notes\.txt/);
   });
 });
+
+describe('summary and fine-tuning', () => {
+  test('summary: layer table with the reference MAC totals', async () => {
+    const r50 = await cli('summary', '--model', 'resnet50_imagenet');
+    assert.equal(r50.code, 0, r50.stderr);
+    assert.match(r50.stdout, /Total MACs: 4\.09 G/);
+    const v1 = await cli('summary', '--model', 'mobilenetv1_0.25_imagenet', '--input', '3x128x128', '--json');
+    assert.equal(v1.code, 0, v1.stderr);
+    const s = JSON.parse(v1.stdout) as { totalMacs: number; totalParams: number };
+    assert.ok(Math.abs(s.totalMacs / 0.0136e9 - 1) < 0.005, `MACs ${s.totalMacs}`);
+    assert.equal(s.totalParams, 470_072);
+    const bad = await cli('summary', '--model', 'resnet18', '--input', '3xfoo');
+    assert.equal(bad.code, 2);
+    assertOneLineError(bad, /--input/);
+  });
+
+  test('train --weights W.pth --num-classes 10 --freeze backbone: loads torchvision weights, trains only the new head', async () => {
+    const pth = fileURLToPath(new URL('../../test/fixtures/tv_resnet50.pth', import.meta.url));
+    const out = join(work, 'finetune');
+    const r = await cli('train', '--model', 'resnet50_imagenet', '--weights', pth, '--num-classes', '10', '--freeze', 'backbone', '--epochs', '1', '--batch-size', '16', '--limit-train', '32', '--limit-test', '16', ...data, '--out', out, '--quiet');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /loaded 318 of 320 tensors .*classifier fc not loaded/);
+    assert.match(r.stdout, /freeze backbone: 20,490 of 23,528,522 parameters trainable/);
+    // Every backbone tensor equals the .pth; only fc (and BN running statistics) changed.
+    const { loadWeights } = await import('../src/io/weights.js');
+    const src = await loadWeights(pth);
+    const trained = createModel('resnet50_imagenet', 10);
+    await loadModelWeights(join(out, 'model.safetensors'), trained);
+    for (const [k, t] of trained.namedParameters()) {
+      if (k.startsWith('fc.')) continue;
+      assert.deepEqual(t.values, src.get(k)!.values, k);
+    }
+    // A checkpoint that does not fit outside the classifier is refused with one line.
+    const wrong = await cli('train', '--model', 'resnet50', '--weights', pth, '--epochs', '1', ...data, '--out', join(work, 'ft-wrong'), '--quiet');
+    assert.equal(wrong.code, 1);
+    assertOneLineError(wrong, /tv_resnet50\.pth: the checkpoint does not fit/);
+  });
+});

@@ -9,7 +9,7 @@
 import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { CIFAR10_CLASSES, cifar10 } from '../data/cifar10.js';
 import { DataLoader } from '../data/dataloader.js';
 import { DataError } from '../data/errors.js';
@@ -21,6 +21,8 @@ import { ProgressBar } from '../train/progress.js';
 import { SCHEDULE_NAMES, type ScheduleName } from '../train/schedule.js';
 import { InterruptedError, OPTIMIZER_NAMES, TrainingError, canonicalModelName, createModel, modelNames, train, type OptimizerName, type TrainConfig } from '../train/trainer.js';
 import { formatEvalReport } from './format.js';
+import { FREEZE_MODES, type FreezeMode } from '../models/finetune.js';
+import { formatSummary, summary } from '../models/summary.js';
 import { nonNegativeInt, nonNegativeNumber, oneOf, positiveInt, positiveNumber, unitInterval } from './options.js';
 
 /** A usage problem found after parsing (exit 2). */
@@ -38,9 +40,25 @@ function isExpected(err: unknown): boolean {
   return typeof code === 'string' && EXPECTED_FS_CODES.has(code);
 }
 
-const modelChoice = oneOf(modelNames);
+/** A model name as models.resolve() understands it (incl. width variants like mobilenetv1_0.25). */
+function modelChoice(s: string): string {
+  const n = canonicalModelName(s);
+  if (n === null) throw new InvalidArgumentError(`expected one of ${modelNames().join(', ')} (MobileNets also take a width suffix such as mobilenetv1_0.25).`);
+  return n;
+}
 const optimizerChoice = oneOf(() => OPTIMIZER_NAMES);
 const scheduleChoice = oneOf(() => SCHEDULE_NAMES);
+const freezeChoice = oneOf(() => FREEZE_MODES);
+
+/** "3x224x224" or "224" (square, 3 channels) → [C, H, W]. */
+function inputShape(s: string): number[] {
+  const parts = s.toLowerCase().split('x').map((p) => Number(p));
+  const shape = parts.length === 1 ? [3, parts[0], parts[0]] : parts;
+  if (shape.length !== 3 || shape.some((d) => !Number.isSafeInteger(d) || d < 1)) {
+    throw new InvalidArgumentError(`expected CxHxW such as 3x224x224 (or one size such as 224), got "${s}"`);
+  }
+  return shape;
+}
 
 function hidden(flags: string, desc: string, parse?: (s: string) => number): Option {
   const o = new Option(flags, desc).hideHelp();
@@ -75,6 +93,8 @@ interface TrainOpts {
   labelSmoothing: number;
   quiet?: boolean;
   recordsPerFile?: number;
+  weights?: string;
+  freeze?: string;
 }
 
 async function trainCommand(o: TrainOpts): Promise<void> {
@@ -98,6 +118,8 @@ async function trainCommand(o: TrainOpts): Promise<void> {
     out: o.out ?? `./runs/${o.model}`,
     resume: o.resume ?? false,
     recordsPerFile: o.recordsPerFile ?? null,
+    weights: o.weights ?? null,
+    freeze: o.freeze === undefined || o.freeze === 'none' ? undefined : (o.freeze as FreezeMode),
   };
   const bar = makeProgress(o.quiet ?? false);
   // Ctrl-C stops the run between steps (never in the middle of writing files); a second
@@ -250,7 +272,7 @@ export function buildProgram(): Command {
   const program = new Command();
   program
     .name('convnets')
-    .description('Train, evaluate and use MobileNetV1/V2 and ResNet-18 on CIFAR-10.')
+    .description('Train, evaluate, inspect and use MobileNetV1/V2 and ResNet-18..152 on CIFAR-10.')
     .exitOverride()
     .configureOutput({ outputError: (str, write) => write(oneLine(str) + '\n') })
     .showSuggestionAfterError(true)
@@ -281,6 +303,8 @@ export function buildProgram(): Command {
     .addOption(new Option('--limit-test <n>', 'use only the first n test images').argParser(positiveInt))
     .addOption(new Option('--num-classes <n>', 'number of classes of the classifier').argParser(positiveInt).default(10))
     .addOption(new Option('--label-smoothing <eps>', 'label smoothing of the training loss').argParser(unitInterval).default(0))
+    .option('--weights <file>', 'start from these weights (.safetensors, or a torch.save .pth state dict); a classifier of another class count is replaced')
+    .addOption(new Option('--freeze <part>', `freeze parameters while fine-tuning: ${FREEZE_MODES.join('|')}`).argParser(freezeChoice).default('none'))
     .option('--quiet', 'no progress bar')
     .addOption(hidden('--records-per-file <n>', 'records per CIFAR .bin file (tests)', positiveInt))
     .action(async (o: TrainOpts) => trainCommand(o));
@@ -311,6 +335,26 @@ export function buildProgram(): Command {
     .addOption(new Option('--top <k>', 'how many classes to show').argParser(positiveInt).default(5))
     .option('--json', 'print the results as JSON')
     .action(async (images: string[], o: PredictOpts) => predictCommand(images, o));
+
+  program
+    .command('summary')
+    .description('layer table of a model: output shapes, parameters and multiply-accumulates (and depthwise-separable savings for MobileNets)')
+    .addOption(new Option('--model <name>', `model: ${models()}`).argParser(modelChoice).default('mobilenetv2'))
+    .addOption(new Option('--input <CxHxW>', 'input size (default 3x32x32 for CIFAR forms, 3x224x224 for *_imagenet)').argParser(inputShape))
+    .addOption(new Option('--num-classes <n>', 'number of classes of the classifier').argParser(positiveInt))
+    .option('--json', 'print the summary as JSON')
+    .action((o: { model: string; input?: number[]; numClasses?: number; json?: boolean }) => {
+      const net = createModel(o.model, o.numClasses ?? (o.model.includes('imagenet') || o.model.startsWith('tv') ? 1000 : 10));
+      const shape = o.input ?? (o.model.includes('imagenet') || o.model.startsWith('tv') ? [3, 224, 224] : [3, 32, 32]);
+      const s = summary(net, shape);
+      if (o.json) {
+        const { text: _text, ...rest } = s;
+        void _text;
+        process.stdout.write(JSON.stringify(rest, null, 2) + '\n');
+      } else {
+        process.stdout.write(formatSummary(s) + '\n');
+      }
+    });
 
   return program;
 }

@@ -15,8 +15,10 @@
  * Every problem with a file the user gave us is a one-line DataError naming the file.
  */
 import { DataError } from '../data/errors.js';
-import { readSafetensorsFile, writeSafetensorsFile, type SafetensorsFile, type WritableTensor } from '../io/safetensors.js';
-import { toWritable } from '../io/weights.js';
+import { open } from 'node:fs/promises';
+import { loadPth } from '../io/pth.js';
+import { readSafetensorsFile, writeSafetensorsFile, type RawTensor, type SafetensorsFile, type WritableTensor } from '../io/safetensors.js';
+import { detectWeightsFormat, toWritable } from '../io/weights.js';
 import type { Module } from '../nn/module.js';
 import type { HyperParams, Optimizer, OptimizerStateDict, ParamState } from '../optim/optimizer.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -50,13 +52,32 @@ function oneLine(s: string): string {
 }
 
 /** Read a safetensors file, turning every failure into a one-line DataError naming `path`. */
+/**
+ * Read a weights file: safetensors (ours, with metadata), or a PyTorch `torch.save` state dict
+ * (.pth/.pt; no metadata), told apart by magic bytes. Errors are one-line DataErrors.
+ */
 export async function readWeightsFile(path: string): Promise<SafetensorsFile> {
   try {
+    const fd = await open(path, 'r');
+    let head: Uint8Array;
+    try {
+      const buf = new Uint8Array(16);
+      const { bytesRead } = await fd.read(buf, 0, 16, 0);
+      head = buf.subarray(0, bytesRead);
+    } finally {
+      await fd.close();
+    }
+    const kind = detectWeightsFormat(head);
+    if (kind === 'pth' || kind === 'pickle') {
+      const tensors = new Map<string, RawTensor>();
+      for (const [k, t] of await loadPth(path)) tensors.set(k, { dtype: 'F32', shape: [...t.shape], data: t.values, sourceDtype: t.dtype === 'int64' ? 'I64' : 'F32' });
+      return { tensors, metadata: {} };
+    }
     return await readSafetensorsFile(path);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e?.code === 'ENOENT') throw new DataError(`${path}: no such file`, { cause: err });
-    if (e?.code === 'EISDIR') throw new DataError(`${path}: is a directory, expected a .safetensors file`, { cause: err });
+    if (e?.code === 'EISDIR') throw new DataError(`${path}: is a directory, expected a .safetensors or .pth file`, { cause: err });
     if (e?.code === 'EACCES') throw new DataError(`${path}: permission denied`, { cause: err });
     const msg = oneLine(e?.message ?? String(err));
     throw new DataError(msg.startsWith(path) ? msg : `${path}: ${msg}`, { cause: err });

@@ -26,6 +26,7 @@ import { cifar10, type ImageDataset } from '../data/cifar10.js';
 import { DataLoader } from '../data/dataloader.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import * as models from '../models/index.js';
+import { freeze, prepareFineTune, FREEZE_MODES, type FreezeMode } from '../models/finetune.js';
 import { AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear } from '../nn/layers.js';
 import { Module } from '../nn/module.js';
 import { Adam, SGD, type HyperParams, type Optimizer } from '../optim/optimizer.js';
@@ -71,6 +72,10 @@ export interface TrainConfig {
   resume: boolean;
   /** Records per CIFAR .bin file (default 10000; for small test files). */
   recordsPerFile?: number | null;
+  /** Start from these weights (.safetensors or torch.save .pth); a classifier of another class count is replaced. */
+  weights?: string | null;
+  /** Which parameters to freeze when fine-tuning: none (default), backbone (all but the classifier), all. */
+  freeze?: FreezeMode;
 }
 
 /** One line of metrics.jsonl. Accuracies are fractions in [0, 1]. */
@@ -175,19 +180,16 @@ function testModelsEnabled(): boolean {
   return process.env.CONVNETS_TEST_MODELS === '1';
 }
 
-function normaliseModelName(name: string): string {
-  return name.toLowerCase().replace(/[-_ ]/g, '');
-}
-
-/** Model names the trainer and CLI accept. */
+/** Model names the trainer and CLI accept (width variants such as mobilenetv1_0.25 too). */
 export function modelNames(): string[] {
   return [...models.list(), ...(testModelsEnabled() ? ['tinycnn'] : [])];
 }
 
-/** The canonical name of a model, or null when unknown. */
+/** The canonical spelling of a model name (lower case, trimmed), or null when unknown. */
 export function canonicalModelName(name: string): string | null {
-  const n = normaliseModelName(name);
-  return modelNames().includes(n) ? n : null;
+  const n = name.trim().toLowerCase();
+  if (n === 'tinycnn') return testModelsEnabled() ? n : null;
+  return models.resolve(n) ? n : null;
 }
 
 /** Build a model by name (throws TrainingError for unknown names). */
@@ -204,6 +206,10 @@ export function makeOptimizer(net: Module, config: Pick<TrainConfig, 'optimizer'
     return new SGD(net.parameters(), { lr: config.lr, momentum: config.momentum, weightDecay: config.weightDecay }) as unknown as Optimizer<HyperParams>;
   }
   throw new TrainingError(`unknown optimizer "${String(config.optimizer)}"; available: ${OPTIMIZER_NAMES.join(', ')}`);
+}
+
+function oneLineMessage(err: unknown): string {
+  return String((err as Error)?.message ?? err).replace(/\s*[\r\n]+\s*/g, ' ').trim();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -224,6 +230,7 @@ function validateConfig(c: TrainConfig): void {
   if (!(c.labelSmoothing >= 0 && c.labelSmoothing < 1)) throw new TrainingError(`--label-smoothing must be in [0, 1), got ${c.labelSmoothing}`);
   if (!Number.isSafeInteger(c.seed) || c.seed < 0) throw new TrainingError(`--seed must be a non-negative integer, got ${c.seed}`);
   if (!SCHEDULE_NAMES.includes(c.schedule)) throw new TrainingError(`unknown schedule "${c.schedule}"; available: ${SCHEDULE_NAMES.join(', ')}`);
+  if (c.freeze !== undefined && !FREEZE_MODES.includes(c.freeze)) throw new TrainingError(`unknown --freeze mode "${c.freeze}"; available: ${FREEZE_MODES.join(', ')}`);
   if (!OPTIMIZER_NAMES.includes(c.optimizer)) throw new TrainingError(`unknown optimizer "${c.optimizer}"; available: ${OPTIMIZER_NAMES.join(', ')}`);
   if (canonicalModelName(c.model) === null) throw new TrainingError(`unknown model "${c.model}"; available: ${modelNames().join(', ')}`);
 }
@@ -242,6 +249,8 @@ function resumeKeys(c: TrainConfig): [keyof TrainConfig, string][] {
     ['seed', '--seed'],
     ['labelSmoothing', '--label-smoothing'],
     ['limitTrain', '--limit-train'],
+    ['weights', '--weights'],
+    ['freeze', '--freeze'],
   ];
   if (c.optimizer === 'sgd') keys.push(['momentum', '--momentum']);
   // The schedule's length depends on the number of epochs; a constant rate may be extended.
@@ -350,6 +359,18 @@ export async function train(config: TrainConfig, hooks: TrainHooks = {}): Promis
 
   manualSeed(cfg.seed);
   const net = createModel(cfg.model, cfg.numClasses);
+  if (cfg.weights && !ck) {
+    // Fine-tuning: weights from another run or from PyTorch; a head of another size is replaced.
+    try {
+      const r = await prepareFineTune(net, { weights: cfg.weights, numClasses: cfg.numClasses, freeze: cfg.freeze ?? 'none' });
+      for (const line of r.lines) log(line);
+    } catch (err) {
+      throw new TrainingError(oneLineMessage(err));
+    }
+  } else if (cfg.freeze && cfg.freeze !== 'none') {
+    const r = freeze(net, cfg.freeze);
+    log(`freeze ${cfg.freeze}: ${r.trainable.toLocaleString('en-US')} of ${r.total.toLocaleString('en-US')} parameters trainable`);
+  }
   const optimizer = makeOptimizer(net, cfg);
   const schedule = makeSchedule(cfg.schedule, cfg.lr, cfg.epochs * stepsPerEpoch);
 
