@@ -1,0 +1,170 @@
+/* convnets native CPU kernels: shared declarations.
+ *
+ * All tensors are contiguous NCHW float32. Kernels run synchronously on the calling thread plus
+ * a persistent pthread pool (pool.c). The GEMM (gemm.c) is a cache-blocked, packed SGEMM whose
+ * operands are produced by packing callbacks, so that convolution can fuse im2col into packing.
+ */
+#ifndef CONVNETS_CN_H
+#define CONVNETS_CN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CN_RESTRICT __restrict__
+#define CN_LIKELY(x) __builtin_expect(!!(x), 1)
+#define CN_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define CN_RESTRICT
+#define CN_LIKELY(x) (x)
+#define CN_UNLIKELY(x) (x)
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define CN_X86 1
+#endif
+#if defined(__aarch64__)
+#define CN_ARM64 1
+#endif
+
+/* ---- thread pool (pool.c) ---------------------------------------------------------------- */
+#define CN_MAX_THREADS 256
+typedef void (*cn_task_fn)(void *ctx, long task, int tid);
+/* Runs fn(ctx, t, tid) for t in [0, ntasks) on the pool; blocks until all are done. tid is in
+ * [0, cn_num_threads()); tid 0 is the calling thread. Tasks are handed out dynamically. */
+void cn_parallel(long ntasks, cn_task_fn fn, void *ctx);
+int cn_num_threads(void);
+void cn_set_num_threads(int n); /* n <= 0: default (CONVNETS_THREADS or the number of cores) */
+void cn_pool_shutdown(void);
+
+/* Per-thread workspace, reused across calls (grown on demand, 64-byte aligned, contents not
+ * preserved when grown). Slot indices below. Returns NULL on allocation failure. */
+enum { CN_WS_PACKA = 0, CN_WS_PACKB, CN_WS_TMP, CN_WS_TMP2, CN_WS_TILE, CN_WS_NSLOTS };
+float *cn_ws(int tid, int slot, size_t nfloats);
+/* Process-wide workspace (only used outside parallel regions, on the calling thread). */
+enum { CN_GWS_A = 0, CN_GWS_B, CN_GWS_NSLOTS };
+float *cn_gws(int slot, size_t nfloats);
+void cn_ws_free_all(void);
+
+/* ---- GEMM (gemm.c) ----------------------------------------------------------------------- */
+typedef struct cn_gemm cn_gemm;
+/* Pack rows [i0, i0+len) x depth [k0, k0+kc) of A into ceil(len/MR) panels laid out
+ * dst[panel][k][MR] (rows past len zero), or columns [j0, j0+len) x depth of B into panels
+ * dst[panel][k][NR]. */
+typedef void (*cn_pack_fn)(const cn_gemm *g, long i0, long len, long k0, long kc, float *dst, int tid);
+
+struct cn_gemm {
+  long M, N, K;
+  cn_pack_fn pack_a, pack_b;
+  /* strided operands for the generic packers: A(i,k) = a[i*a_rs + k*a_cs], B(k,j) = b[k*b_rs + j*b_cs] */
+  const float *a;
+  long a_rs, a_cs;
+  const float *b;
+  long b_rs, b_cs;
+  const void *actx, *bctx; /* context for custom packers */
+  /* C: element (i, j) lives at c + (j / seg_len) * seg_stride + i * ldc + (j % seg_len) * cs
+   * (cs == 1 for row-major C; a transposed C has ldc == 1 and cs == its row length). */
+  float *c;
+  long ldc, seg_len, seg_stride, cs;
+  int accumulate; /* add into C instead of overwriting it */
+};
+
+typedef struct {
+  const char *name;
+  int mr, nr;
+  long kc, mc, nc;
+  /* C[0..MR)[0..NR) (row stride ldc) = (overwrite ? 0 : C) + A_panel * B_panel over kc */
+  void (*ukr)(long kc, const float *a, const float *b, float *c, long ldc, int overwrite);
+} cn_isa_gemm;
+
+extern cn_isa_gemm cn_gk; /* the selected micro-kernel and blocking */
+const char *cn_isa_name(void);
+/* Select the instruction set: "auto", "avx512", "avx2", "neon" or "scalar". Returns 0 if the
+ * request is not supported by this CPU/build (the selection is then unchanged). */
+int cn_select_isa(const char *name);
+
+void cn_gemm_init_strided(cn_gemm *g, long M, long N, long K, const float *a, long a_rs, long a_cs,
+                          const float *b, long b_rs, long b_cs, float *c, long ldc);
+void cn_gemm_parallel(const cn_gemm *g);
+long cn_gemm_nc(long K); /* column blocking used for depth K */                                    /* uses the pool */
+void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int tid); /* one thread */
+void cn_pack_a_strided(const cn_gemm *g, long i0, long len, long k0, long kc, float *dst, int tid);
+void cn_pack_b_strided(const cn_gemm *g, long i0, long len, long k0, long kc, float *dst, int tid);
+
+/* ---- convolution (conv.c) ---------------------------------------------------------------- */
+typedef struct {
+  long n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, oh, ow;
+} cn_conv_geom;
+
+void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g);
+void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
+void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
+
+/* ---- other kernels (kernels.c) ----------------------------------------------------------- */
+typedef struct {
+  long n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;
+} cn_pool_geom;
+
+void cn_bn_train(const float *x, const float *wt, const float *bs, float *y, float *mean, float *var, float *invstd,
+                 long n, long c, long hw, double eps);
+void cn_bn_eval(const float *x, const float *mean, const float *var, const float *wt, const float *bs, float *y,
+                long n, long c, long hw, double eps);
+void cn_bn_backward(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
+                    float *dx, float *dw, float *db, long n, long c, long hw);
+
+enum { CN_EW_RELU = 0, CN_EW_RELU6, CN_EW_RELU_BW, CN_EW_RELU6_BW, CN_EW_ADD, CN_EW_MUL, CN_EW_SCALE, CN_EW_ADD_INPLACE };
+void cn_elementwise(int op, const float *a, const float *b, float *y, long n, float s);
+
+void cn_maxpool(const float *x, float *y, int32_t *argmax, const cn_pool_geom *g);
+void cn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx, const cn_pool_geom *g);
+void cn_adaptive_avgpool(const float *x, float *y, long n, long c, long h, long w, long oh, long ow);
+void cn_adaptive_avgpool_backward(const float *dy, float *dx, long n, long c, long h, long w, long oh, long ow);
+
+void cn_matmul(const float *a, const float *b, float *c, long m, long n, long k, int ta, int tb);
+void cn_add_row_vector(float *y, const float *bias, long rows, long cols);
+void cn_sum_rows(const float *x, float *out, long rows, long cols);
+void cn_sum_channels(const float *x, float *out, long n, long c, long hw);
+void cn_log_softmax(const float *x, float *y, long rows, long cols);
+void cn_log_softmax_backward(const float *dy, const float *y, float *dx, long rows, long cols);
+
+typedef struct {
+  double lr, beta1, beta2, eps, weight_decay;
+  double step;
+} cn_adam_hyper;
+typedef struct {
+  double lr, momentum, dampening, weight_decay;
+  int nesterov, first_step;
+} cn_sgd_hyper;
+void cn_adam(float *p, const float *g, float *m, float *v, long n, const cn_adam_hyper *h);
+void cn_sgd(float *p, const float *g, float *buf, long n, const cn_sgd_hyper *h);
+
+/* Depthwise (channels per group == 1) direct kernels, in kernels.c (ISA dispatched). */
+void cn_dw_forward(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g);
+void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
+void cn_dw_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
+
+/* AVX-512 depthwise fast path for stride 1, same-width padding (dw_avx512.c). */
+#define CN_DW_MAX_TAPS 49
+typedef struct {
+  long H, W, kh, kw, oh, ow, ntaps, T, nblk;
+  long off[CN_DW_MAX_TAPS];
+  uint16_t *masks; /* [nblk][ntaps + 1]: per-tap input masks, then the valid-output mask */
+} cn_dw_plan;
+int cn_dw_s1_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh, long ow);
+int cn_dw_s1_prepare(cn_dw_plan *P, long H, long W, long kh, long kw, long ph, long pw, long oh, long ow);
+void cn_dw_s1_release(cn_dw_plan *P);
+void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P, int accumulate);
+void cn_dw_s1_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                           const cn_dw_plan *P, double *acc);
+
+int cn_dw_w16_applicable(long W, long kh, long kw, long sh, long sw, long pw, long ow);
+void cn_dw_w16_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W, long ph, long oh,
+                            int accumulate);
+void cn_dw_w16_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count, long H, long W,
+                            long ph, long oh, double *acc);
+
+/* ISA-dispatched helpers used by several files. */
+void cn_kernels_select(int isa); /* 0 scalar, 1 avx2, 2 avx512, 3 neon */
+void cn_transpose_pack(const float *const *rows, int nrows, long len, float *dst, int stride);
+
+#endif

@@ -1,0 +1,503 @@
+/* Convolution on the packed GEMM (gemm.c), with im2col fused into the packing of B.
+ *
+ * forward          Y[g] (og x N*P) = W[g] (og x Kg) * col(X)[g] (Kg x N*P): one GEMM over the
+ *                  whole batch (column j = (image, output position)); 1x1 stride-1 convs pack X
+ *                  directly. Packing walks one input row at a time and prefetches the next channel.
+ * backward input   stride 1: a forward convolution of dY with the flipped, transposed kernel;
+ *                  otherwise dcol = W^T * dY per chunk of images, then col2im (scatter-add).
+ * backward weight  dW[g] (og x Kg) = dY[g] (og x N*P) * col(X)[g]^T with K = N*P; both operands
+ *                  are packed with 8x8 SIMD transposes. Small dW is computed per fixed chunk of
+ *                  images in parallel and the partials summed in order (deterministic).
+ * Depthwise (one input channel per group) uses the direct kernels in kernels.c / dw_avx512.c.
+ */
+#include "cn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- im2col rows -------------------------------------------------------------------------------- */
+
+typedef struct {
+  const float *x; /* tensor base (N, C, H, W) */
+  long C, H, W, HW;
+  long c0;        /* first channel of the group */
+  long kh, kw, khw, sh, sw, ph, pw, oh, ow, P;
+  int pointwise;  /* 1x1, stride 1, no padding: col == x */
+  long j_off;     /* added to the column index (image chunking) */
+} im2col_ctx;
+
+static void im2col_init(im2col_ctx *s, const float *x, long C, long H, long W, long c0, long kh, long kw, long sh,
+                        long sw, long ph, long pw, long oh, long ow) {
+  s->x = x;
+  s->C = C;
+  s->H = H;
+  s->W = W;
+  s->HW = H * W;
+  s->c0 = c0;
+  s->kh = kh;
+  s->kw = kw;
+  s->khw = kh * kw;
+  s->sh = sh;
+  s->sw = sw;
+  s->ph = ph;
+  s->pw = pw;
+  s->oh = oh;
+  s->ow = ow;
+  s->P = oh * ow;
+  s->pointwise = (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0);
+  s->j_off = 0;
+}
+
+static inline void copy_floats(float *CN_RESTRICT d, const float *CN_RESTRICT s, long n) {
+  for (long i = 0; i < n; i++) d[i] = s[i];
+}
+static inline void zero_floats(float *d, long n) {
+  for (long i = 0; i < n; i++) d[i] = 0.0f;
+}
+
+/* dst[0..len) = im2col row (channel plane `plane`, tap (ky, kx)) at output positions starting at
+ * (oy, ox), running along rows (all within one image). */
+static void im2col_row(const im2col_ctx *s, const float *plane, long ky, long kx, long oy, long ox, long len,
+                       float *dst) {
+  if (s->pointwise) {
+    copy_floats(dst, plane + oy * s->ow + ox, len);
+    return;
+  }
+  while (len > 0) {
+    long run = s->ow - ox;
+    if (run > len) run = len;
+    const long iy = oy * s->sh - s->ph + ky;
+    if (iy < 0 || iy >= s->H) {
+      zero_floats(dst, run);
+    } else {
+      const float *row = plane + iy * s->W;
+      const long ix0 = ox * s->sw - s->pw + kx;
+      if (s->sw == 1) {
+        long lo = -ix0, hi = s->W - ix0; /* valid t in [lo, hi) */
+        if (lo < 0) lo = 0;
+        if (lo > run) lo = run;
+        if (hi > run) hi = run;
+        if (hi < lo) hi = lo;
+        zero_floats(dst, lo);
+        copy_floats(dst + lo, row + ix0 + lo, hi - lo);
+        zero_floats(dst + hi, run - hi);
+      } else {
+        const long sw = s->sw, W = s->W;
+        for (long t = 0; t < run; t++) {
+          const long ix = ix0 + t * sw;
+          dst[t] = (ix >= 0 && ix < W) ? row[ix] : 0.0f;
+        }
+      }
+    }
+    dst += run;
+    len -= run;
+    ox = 0;
+    oy++;
+  }
+}
+
+/* A run of GEMM columns inside one image and one packed panel. */
+typedef struct {
+  long n, oy, ox, len, dst; /* dst: offset of its first column inside one packed k-row block */
+} colseg;
+
+#define MAX_SEGS 256
+
+/* Split columns [j0, j0+len) into per-image, per-panel segments. Returns the count, or -1 if
+ * more than MAX_SEGS would be needed. dst offsets assume the layout panel*kc*NR + col. */
+static int make_segments(const im2col_ctx *s, long j0, long len, long kc, colseg *seg) {
+  const int NR = cn_gk.nr;
+  int ns = 0;
+  long j = j0 + s->j_off, done = 0;
+  while (done < len) {
+    const long n = j / s->P, p = j % s->P;
+    const long panel = done / NR, col = done % NR;
+    long l = s->P - p;
+    if (l > len - done) l = len - done;
+    if (l > NR - col) l = NR - col;
+    if (ns == MAX_SEGS) return -1;
+    seg[ns].n = n;
+    seg[ns].oy = p / s->ow;
+    seg[ns].ox = p % s->ow;
+    seg[ns].len = l;
+    seg[ns].dst = panel * kc * NR + col;
+    ns++;
+    done += l;
+    j += l;
+  }
+  return ns;
+}
+
+/* B(k, j) = col[k = (c, ky, kx)][j = (n, p)]: panels of NR columns, filled k-row by k-row so
+ * that each input row is read sequentially across the whole block. */
+static void pack_b_im2col(const cn_gemm *g, long j0, long len, long k0, long kc, float *dst, int tid) {
+  const im2col_ctx *s = (const im2col_ctx *)g->bctx;
+  const int NR = cn_gk.nr;
+  colseg seg[MAX_SEGS];
+  const long chunk = (long)(MAX_SEGS / 2 - 1) * NR; /* at most 2 segments per panel */
+  for (long c0 = 0; c0 < len; c0 += chunk) {
+    const long cl = len - c0 < chunk ? len - c0 : chunk;
+    const int ns = make_segments(s, j0 + c0, cl, kc, seg);
+    if (ns < 0) abort();
+    float *d0 = dst + (c0 / NR) * kc * NR;
+    long c = k0 / s->khw, r = k0 % s->khw;
+    long ky = r / s->kw, kx = r % s->kw;
+    for (long k = 0; k < kc; k++) {
+      float *drow = d0 + k * NR;
+      const float *cbase = s->x + (s->c0 + c) * s->HW;
+      /* software-prefetch the input rows of the next channel: each channel is a short
+       * sequential run the hardware prefetcher only catches late */
+      if (c + 1 < s->C - s->c0 && kx == s->kw - 1 && ky == s->kh - 1)
+        for (int q = 0; q < ns; q++) {
+          const char *p = (const char *)(cbase + s->HW + seg[q].n * s->C * s->HW + seg[q].oy * s->ow + seg[q].ox);
+          for (long b = 0; b < seg[q].len * 4; b += 64) __builtin_prefetch(p + b);
+        }
+      for (int q = 0; q < ns; q++)
+        im2col_row(s, cbase + seg[q].n * s->C * s->HW, ky, kx, seg[q].oy, seg[q].ox, seg[q].len, drow + seg[q].dst);
+      if (++kx == s->kw) {
+        kx = 0;
+        if (++ky == s->kh) {
+          ky = 0;
+          c++;
+        }
+      }
+    }
+    if (cl % NR) {
+      float *last = d0 + (cl / NR) * kc * NR;
+      for (long k = 0; k < kc; k++)
+        for (long t = cl % NR; t < NR; t++) last[k * NR + t] = 0.0f;
+    }
+  }
+  (void)tid;
+}
+
+/* ---- forward ---------------------------------------------------------------------------------- */
+
+typedef struct {
+  float *y;
+  const float *b;
+  long P, O, n;
+} bias_job;
+
+static void bias_task(void *ctx, long t, int tid) {
+  (void)tid;
+  const bias_job *J = (const bias_job *)ctx;
+  float *p = J->y + t * J->P;
+  const float v = J->b[t % J->O];
+  for (long i = 0; i < J->P; i++) p[i] += v;
+}
+
+void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {
+  const long cg = g->c / g->groups, og = g->o / g->groups;
+  if (cg == 1) {
+    cn_dw_forward(x, w, b, y, g);
+    return;
+  }
+  const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
+  for (long gr = 0; gr < g->groups; gr++) {
+    im2col_ctx s;
+    im2col_init(&s, x, g->c, g->h, g->w, gr * cg, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow);
+    cn_gemm G;
+    cn_gemm_init_strided(&G, og, g->n * P, Kg, w + gr * og * Kg, Kg, 1, NULL, 0, 0, y + gr * og * P, P);
+    G.pack_b = pack_b_im2col;
+    G.bctx = &s;
+    G.seg_len = P;
+    G.seg_stride = g->o * P;
+    cn_gemm_parallel(&G);
+  }
+  if (b) {
+    bias_job J = {y, b, P, g->o, g->n};
+    cn_parallel(g->n * g->o, bias_task, &J);
+  }
+}
+
+/* ---- backward input ------------------------------------------------------------------------- */
+
+typedef struct {
+  const float *dy, *w;
+  float *dx;
+  const cn_conv_geom *g;
+  long cg, og, Kg, P, imgs; /* images per task */
+  long nchunks;
+} col2im_job;
+
+static void col2im_task(void *ctx, long t, int tid) {
+  const col2im_job *J = (const col2im_job *)ctx;
+  const cn_conv_geom *g = J->g;
+  const long gr = t / J->nchunks, chunk = t % J->nchunks;
+  const long n0 = chunk * J->imgs;
+  long n1 = n0 + J->imgs;
+  if (n1 > g->n) n1 = g->n;
+  const long cols = (n1 - n0) * J->P;
+  float *dcol = cn_ws(tid, CN_WS_TMP, (size_t)J->Kg * (size_t)cols);
+  if (!dcol) abort();
+  /* dcol (Kg x cols) = W_g^T (Kg x og) * dY_g (og x cols) */
+  im2col_ctx s;
+  im2col_init(&s, J->dy, g->o, 1, J->P, gr * J->og, 1, 1, 1, 1, 0, 0, 1, J->P);
+  s.j_off = n0 * J->P;
+  cn_gemm G;
+  cn_gemm_init_strided(&G, J->Kg, cols, J->og, J->w + gr * J->og * J->Kg, 1, J->Kg, NULL, 0, 0, dcol, cols);
+  G.pack_b = pack_b_im2col;
+  G.bctx = &s;
+  cn_gemm_serial(&G, 0, J->Kg, 0, cols, tid);
+  /* col2im into dx for images [n0, n1), channels of group gr */
+  const long H = g->h, W = g->w, kh = g->kh, kw = g->kw, sh = g->sh, sw = g->sw, ph = g->ph, pw = g->pw;
+  const long oh = g->oh, ow = g->ow;
+  for (long n = n0; n < n1; n++) {
+    for (long c = 0; c < J->cg; c++) {
+      float *plane = J->dx + (n * g->c + gr * J->cg + c) * H * W;
+      memset(plane, 0, sizeof(float) * (size_t)(H * W));
+      for (long ky = 0; ky < kh; ky++)
+        for (long kx = 0; kx < kw; kx++) {
+          const float *src = dcol + ((c * kh + ky) * kw + kx) * cols + (n - n0) * J->P;
+          for (long oy = 0; oy < oh; oy++) {
+            const long iy = oy * sh - ph + ky;
+            if (iy < 0 || iy >= H) continue;
+            float *drow = plane + iy * W;
+            const float *srow = src + oy * ow;
+            long ox0 = 0, ox1 = ow; /* valid ox: 0 <= ox*sw - pw + kx < W */
+            while (ox0 < ow && ox0 * sw - pw + kx < 0) ox0++;
+            while (ox1 > ox0 && (ox1 - 1) * sw - pw + kx >= W) ox1--;
+            if (sw == 1) {
+              float *dd = drow - pw + kx;
+              for (long ox = ox0; ox < ox1; ox++) dd[ox] += srow[ox];
+            } else {
+              for (long ox = ox0; ox < ox1; ox++) drow[ox * sw - pw + kx] += srow[ox];
+            }
+          }
+        }
+    }
+  }
+}
+
+void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g) {
+  const long cg = g->c / g->groups, og = g->o / g->groups;
+  if (cg == 1) {
+    cn_dw_backward_input(dy, w, dx, g);
+    return;
+  }
+  const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
+  if (g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0) {
+    /* pointwise: dX[g] (cg x N*P) = W[g]^T (cg x og) * dY[g] (og x N*P), W^T read in place */
+    for (long gr = 0; gr < g->groups; gr++) {
+      im2col_ctx s;
+      im2col_init(&s, dy, g->o, g->oh, g->ow, gr * og, 1, 1, 1, 1, 0, 0, g->oh, g->ow);
+      cn_gemm G;
+      cn_gemm_init_strided(&G, cg, g->n * P, og, w + gr * og * cg, 1, cg, NULL, 0, 0, dx + gr * cg * P, P);
+      G.pack_b = pack_b_im2col;
+      G.bctx = &s;
+      G.seg_len = P;
+      G.seg_stride = g->c * P;
+      cn_gemm_parallel(&G);
+    }
+    return;
+  }
+  if (g->sh == 1 && g->sw == 1 && g->ph <= g->kh - 1 && g->pw <= g->kw - 1) {
+    /* dx = conv(dy, w'), w'[gr*cg + c][o][ky][kx] = w[gr*og + o][c][kh-1-ky][kw-1-kx], padding k-1-p */
+    const long khw = g->kh * g->kw;
+    float *wt = cn_gws(CN_GWS_A, (size_t)(g->c * og * khw));
+    if (!wt) abort();
+    for (long gr = 0; gr < g->groups; gr++)
+      for (long o = 0; o < og; o++)
+        for (long c = 0; c < cg; c++) {
+          const float *src = w + ((gr * og + o) * cg + c) * khw;
+          float *dst = wt + ((gr * cg + c) * og + o) * khw;
+          for (long t = 0; t < khw; t++) dst[t] = src[khw - 1 - t];
+        }
+    cn_conv_geom t = *g;
+    t.c = g->o;
+    t.h = g->oh;
+    t.w = g->ow;
+    t.o = g->c;
+    t.ph = g->kh - 1 - g->ph;
+    t.pw = g->kw - 1 - g->pw;
+    t.oh = g->h;
+    t.ow = g->w;
+    cn_conv2d(dy, wt, NULL, dx, &t);
+    return;
+  }
+  col2im_job J;
+  J.dy = dy;
+  J.w = w;
+  J.dx = dx;
+  J.g = g;
+  J.cg = cg;
+  J.og = og;
+  J.Kg = Kg;
+  J.P = P;
+  const int T = cn_num_threads();
+  long imgs = (512 + P - 1) / P; /* aim for >= 512 GEMM columns per task */
+  const long per_thread = (g->n * g->groups + 2L * T - 1) / (2L * T);
+  if (imgs > per_thread) imgs = per_thread;
+  if (imgs < 1) imgs = 1;
+  J.imgs = imgs;
+  J.nchunks = (g->n + imgs - 1) / imgs;
+  cn_parallel(g->groups * J.nchunks, col2im_task, &J);
+}
+
+/* ---- backward weight -------------------------------------------------------------------------- */
+
+typedef struct {
+  const float *dy;
+  long O, o0, P;
+} dyrows_ctx;
+
+/* Prefetch the next depth block of rows that are read as k-runs: the rows continue in the same
+ * image (positions p_next..p_next+len) or, at the end of the image, in the next image. */
+static void prefetch_next(const float *const *src, int rows, long p_next, long len, long P, long img_stride) {
+  for (int r = 0; r < rows; r++) {
+    const float *q = p_next < P ? src[r] + len : src[r] - (p_next - len) + img_stride;
+    long n = len;
+    if (p_next < P && p_next + n > P) n = P - p_next;
+    for (long b = 0; b < n; b += 16) __builtin_prefetch(q + b);
+  }
+}
+
+/* A(i, k) = dy[(n*O + o0 + i)*P + p] with k = (n, p): MR rows interleaved (transpose). */
+static void pack_a_dyrows(const cn_gemm *g, long i0, long len, long k0, long kc, float *dst, int tid) {
+  (void)tid;
+  const dyrows_ctx *s = (const dyrows_ctx *)g->actx;
+  const int MR = cn_gk.mr;
+  const float *src[32];
+  for (long ip = 0; ip < len; ip += MR) {
+    const int rows = (int)(len - ip < MR ? len - ip : MR);
+    float *d = dst + (ip / MR) * kc * MR;
+    long k = k0, done = 0;
+    while (done < kc) {
+      const long n = k / s->P, p = k % s->P;
+      long l = s->P - p;
+      if (l > kc - done) l = kc - done;
+      for (int r = 0; r < rows; r++) src[r] = s->dy + (n * s->O + s->o0 + i0 + ip + r) * s->P + p;
+      cn_transpose_pack(src, rows, l, d + done * MR, MR);
+      prefetch_next(src, rows, p + l, l, s->P, s->O * s->P);
+      done += l;
+      k += l;
+    }
+  }
+}
+
+/* B(k, j) = col[j = (c, ky, kx)][k = (n, p)]: im2col rows generated then transposed into panels. */
+static void pack_b_im2col_t(const cn_gemm *g, long j0, long len, long k0, long kc, float *dst, int tid) {
+  const im2col_ctx *s = (const im2col_ctx *)g->bctx;
+  const int NR = cn_gk.nr;
+  float *tmp = cn_ws(tid, CN_WS_TMP2, (size_t)NR * (size_t)kc);
+  if (!tmp) abort();
+  const float *src[64];
+  for (long jp = 0; jp < len; jp += NR) {
+    const int nr = (int)(len - jp < NR ? len - jp : NR);
+    float *d = dst + (jp / NR) * kc * NR;
+    long k = k0, done = 0;
+    while (done < kc) {
+      const long n = k / s->P, p = k % s->P;
+      long l = s->P - p;
+      if (l > kc - done) l = kc - done;
+      const long jj0 = j0 + jp;
+      long c = jj0 / s->khw, r = jj0 % s->khw;
+      long ky = r / s->kw, kx = r % s->kw;
+      for (int q = 0; q < nr; q++) {
+        const float *plane = s->x + (n * s->C + s->c0 + c) * s->HW;
+        if (s->pointwise) {
+          src[q] = plane + p;
+        } else {
+          float *t = tmp + (long)q * kc;
+          im2col_row(s, plane, ky, kx, p / s->ow, p % s->ow, l, t);
+          src[q] = t;
+        }
+        if (++kx == s->kw) {
+          kx = 0;
+          if (++ky == s->kh) {
+            ky = 0;
+            c++;
+          }
+        }
+      }
+      cn_transpose_pack(src, nr, l, d + done * NR, NR);
+      if (s->pointwise) prefetch_next(src, nr, p + l, l, s->P, s->C * s->HW);
+      done += l;
+      k += l;
+    }
+  }
+}
+
+/* The reduction over the batch (K = N*P) is cut into a fixed number of image chunks when the
+ * per-chunk partial dW is small: the chunks run in parallel (each a serial GEMM over its images)
+ * and are summed in order. The chunk count depends only on the shape, never on the thread
+ * count, so results stay deterministic. Large dW (deep layers) splits the M/N plane instead. */
+#define BW_MAX_CHUNKS 8
+#define BW_SMALL_DW (1L << 18) /* dW with fewer floats than this is split over the batch */
+
+typedef struct {
+  const float *dy, *x;
+  float *part;
+  const cn_conv_geom *g;
+  long gr, cg, og, Kg, P, nchunks;
+} bw_job;
+
+static void bw_chunk_task(void *ctx, long ch, int tid) {
+  const bw_job *J = (const bw_job *)ctx;
+  const cn_conv_geom *g = J->g;
+  const long n0 = ch * g->n / J->nchunks, n1 = (ch + 1) * g->n / J->nchunks;
+  dyrows_ctx a = {J->dy + n0 * g->o * J->P, g->o, J->gr * J->og, J->P};
+  im2col_ctx s;
+  im2col_init(&s, J->x + n0 * g->c * g->h * g->w, g->c, g->h, g->w, J->gr * J->cg, g->kh, g->kw, g->sh, g->sw, g->ph,
+              g->pw, g->oh, g->ow);
+  cn_gemm G;
+  cn_gemm_init_strided(&G, J->og, J->Kg, (n1 - n0) * J->P, NULL, 0, 0, NULL, 0, 0, J->part + ch * J->og * J->Kg, J->Kg);
+  G.pack_a = pack_a_dyrows;
+  G.actx = &a;
+  G.pack_b = pack_b_im2col_t;
+  G.bctx = &s;
+  cn_gemm_serial(&G, 0, J->og, 0, J->Kg, tid);
+}
+
+typedef struct {
+  const float *part;
+  float *out;
+  long count, nchunks, per;
+} sum_job;
+
+static void sum_chunks_task(void *ctx, long t, int tid) {
+  (void)tid;
+  const sum_job *J = (const sum_job *)ctx;
+  const long i0 = t * J->per;
+  const long i1 = i0 + J->per < J->count ? i0 + J->per : J->count;
+  for (long i = i0; i < i1; i++) {
+    float s = J->part[i];
+    for (long ch = 1; ch < J->nchunks; ch++) s += J->part[ch * J->count + i];
+    J->out[i] = s;
+  }
+}
+
+void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g) {
+  const long cg = g->c / g->groups, og = g->o / g->groups;
+  if (cg == 1) {
+    cn_dw_backward_weight(dy, x, dw, g);
+    return;
+  }
+  const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
+  /* a power of two (balanced on 2 or 4 threads), at most the batch size */
+  long nchunks = 1;
+  if (og * Kg < BW_SMALL_DW && 2.0 * (double)og * (double)Kg * (double)(g->n * P) >= 4.0e6)
+    while (nchunks * 2 <= BW_MAX_CHUNKS && nchunks * 2 <= g->n) nchunks *= 2;
+  for (long gr = 0; gr < g->groups; gr++) {
+    if (nchunks >= 2) {
+      float *part = cn_gws(CN_GWS_B, (size_t)(nchunks * og * Kg));
+      if (!part) abort();
+      bw_job J = {dy, x, part, g, gr, cg, og, Kg, P, nchunks};
+      cn_parallel(nchunks, bw_chunk_task, &J);
+      sum_job S = {part, dw + gr * og * Kg, og * Kg, nchunks, 16384};
+      cn_parallel((S.count + S.per - 1) / S.per, sum_chunks_task, &S);
+      continue;
+    }
+    dyrows_ctx a = {dy, g->o, gr * og, P};
+    im2col_ctx s;
+    im2col_init(&s, x, g->c, g->h, g->w, gr * cg, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow);
+    cn_gemm G;
+    cn_gemm_init_strided(&G, og, Kg, g->n * P, NULL, 0, 0, NULL, 0, 0, dw + gr * og * Kg, Kg);
+    G.pack_a = pack_a_dyrows;
+    G.actx = &a;
+    G.pack_b = pack_b_im2col_t;
+    G.bctx = &s;
+    cn_gemm_parallel(&G);
+  }
+}

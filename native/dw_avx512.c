@@ -1,0 +1,346 @@
+/* AVX-512 depthwise convolution for stride 1 with "same width" padding (ow == W, e.g. 3x3 pad 1),
+ * the shape of nearly every depthwise layer. The output plane is processed flattened, 16
+ * outputs per vector; output t = i*W + j reads input t + (ky-ph)*W + (kx-pw) for tap (ky, kx),
+ * and a per-(block, tap) lane mask zeroes taps that fall into the padding. Masked loads never
+ * touch memory outside the plane, so there is no padded copy and no tail loop. */
+#include "cn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(CN_X86)
+#include <immintrin.h>
+
+#define A512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+
+int cn_dw_s1_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh, long ow) {
+  (void)H;
+  (void)ph;
+  (void)oh;
+  return sh == 1 && sw == 1 && ow == W && kh * kw <= CN_DW_MAX_TAPS && pw <= kw - 1 && pw >= 0;
+}
+
+int cn_dw_s1_prepare(cn_dw_plan *P, long H, long W, long kh, long kw, long ph, long pw, long oh, long ow) {
+  P->H = H;
+  P->W = W;
+  P->kh = kh;
+  P->kw = kw;
+  P->oh = oh;
+  P->ow = ow;
+  P->ntaps = kh * kw;
+  P->T = oh * ow;
+  P->nblk = (P->T + 15) / 16;
+  P->masks = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)(P->nblk * (P->ntaps + 2)));
+  if (!P->masks) return 0;
+  for (long ky = 0; ky < kh; ky++)
+    for (long kx = 0; kx < kw; kx++) P->off[ky * kw + kx] = (ky - ph) * W + (kx - pw);
+  long minoff = 0, maxoff = 0;
+  for (long q = 0; q < P->ntaps; q++) {
+    if (P->off[q] < minoff) minoff = P->off[q];
+    if (P->off[q] > maxoff) maxoff = P->off[q];
+  }
+  for (long b = 0; b < P->nblk; b++) {
+    uint16_t *m = P->masks + b * (P->ntaps + 2);
+    memset(m, 0, sizeof(uint16_t) * (size_t)(P->ntaps + 2));
+    /* safe: every tap's full 16-float load stays inside the input plane (H*W floats), so it can
+     * be an ordinary load with the mask applied in the FMA instead */
+    m[P->ntaps + 1] = (b * 16 + minoff >= 0 && b * 16 + 15 + maxoff < H * W && b * 16 + 16 <= P->T) ? 1 : 0;
+    for (int l = 0; l < 16; l++) {
+      const long t = b * 16 + l;
+      if (t >= P->T) break;
+      m[P->ntaps] |= (uint16_t)(1u << l); /* valid outputs */
+      const long i = t / ow, j = t % ow;
+      for (long ky = 0; ky < kh; ky++) {
+        const long iy = i + ky - ph;
+        if (iy < 0 || iy >= H) continue;
+        for (long kx = 0; kx < kw; kx++) {
+          const long ix = j + kx - pw;
+          if (ix >= 0 && ix < W) m[ky * kw + kx] |= (uint16_t)(1u << l);
+        }
+      }
+    }
+  }
+  return 1;
+}
+
+void cn_dw_s1_release(cn_dw_plan *P) {
+  free(P->masks);
+  P->masks = NULL;
+}
+
+/* address arithmetic that may point outside the plane: only ever used under a lane mask */
+static inline const float *at(const float *p, long off) { return (const float *)((intptr_t)p + off * (long)sizeof(float)); }
+
+#define LD(q) _mm512_loadu_ps(at(xb, o##q))
+#define MLD(q) _mm512_maskz_loadu_ps(m[q], at(xb, o##q))
+A512 void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P,
+                                int accumulate) {
+  const long nt = P->ntaps;
+  if (nt == 9) {
+    const __m512 w0 = _mm512_set1_ps(wk[0]), w1 = _mm512_set1_ps(wk[1]), w2 = _mm512_set1_ps(wk[2]);
+    const __m512 w3 = _mm512_set1_ps(wk[3]), w4 = _mm512_set1_ps(wk[4]), w5 = _mm512_set1_ps(wk[5]);
+    const __m512 w6 = _mm512_set1_ps(wk[6]), w7 = _mm512_set1_ps(wk[7]), w8 = _mm512_set1_ps(wk[8]);
+    const long o0 = P->off[0], o1 = P->off[1], o2 = P->off[2], o3 = P->off[3], o4 = P->off[4], o5 = P->off[5],
+               o6 = P->off[6], o7 = P->off[7], o8 = P->off[8];
+    const __m512 vb = _mm512_set1_ps(bias);
+    for (long b = 0; b < P->nblk; b++) {
+      const uint16_t *m = P->masks + b * 11;
+      const float *xb = at(x, b * 16);
+      __m512 acc, acc2 = _mm512_setzero_ps();
+      if (m[10]) {
+        acc = accumulate ? _mm512_loadu_ps(y + b * 16) : vb;
+        acc = _mm512_mask3_fmadd_ps(w0, LD(0), acc, m[0]);
+        acc2 = _mm512_mask3_fmadd_ps(w1, LD(1), acc2, m[1]);
+        acc = _mm512_mask3_fmadd_ps(w2, LD(2), acc, m[2]);
+        acc2 = _mm512_mask3_fmadd_ps(w3, LD(3), acc2, m[3]);
+        acc = _mm512_mask3_fmadd_ps(w4, LD(4), acc, m[4]);
+        acc2 = _mm512_mask3_fmadd_ps(w5, LD(5), acc2, m[5]);
+        acc = _mm512_mask3_fmadd_ps(w6, LD(6), acc, m[6]);
+        acc2 = _mm512_mask3_fmadd_ps(w7, LD(7), acc2, m[7]);
+        acc = _mm512_mask3_fmadd_ps(w8, LD(8), acc, m[8]);
+        _mm512_storeu_ps(y + b * 16, _mm512_add_ps(acc, acc2));
+      } else {
+        const __mmask16 mo = m[9];
+        acc = accumulate ? _mm512_maskz_loadu_ps(mo, y + b * 16) : vb;
+        acc = _mm512_fmadd_ps(w0, MLD(0), acc);
+        acc2 = _mm512_fmadd_ps(w1, MLD(1), acc2);
+        acc = _mm512_fmadd_ps(w2, MLD(2), acc);
+        acc2 = _mm512_fmadd_ps(w3, MLD(3), acc2);
+        acc = _mm512_fmadd_ps(w4, MLD(4), acc);
+        acc2 = _mm512_fmadd_ps(w5, MLD(5), acc2);
+        acc = _mm512_fmadd_ps(w6, MLD(6), acc);
+        acc2 = _mm512_fmadd_ps(w7, MLD(7), acc2);
+        acc = _mm512_fmadd_ps(w8, MLD(8), acc);
+        _mm512_mask_storeu_ps(y + b * 16, mo, _mm512_add_ps(acc, acc2));
+      }
+    }
+    return;
+  }
+  for (long b = 0; b < P->nblk; b++) {
+    const uint16_t *m = P->masks + b * (nt + 2);
+    const float *xb = at(x, b * 16);
+    const __mmask16 mo = m[nt];
+    __m512 acc = accumulate ? _mm512_maskz_loadu_ps(mo, y + b * 16) : _mm512_set1_ps(bias);
+    for (long q = 0; q < nt; q++)
+      if (m[q]) acc = _mm512_fmadd_ps(_mm512_set1_ps(wk[q]), _mm512_maskz_loadu_ps(m[q], at(xb, P->off[q])), acc);
+    _mm512_mask_storeu_ps(y + b * 16, mo, acc);
+  }
+}
+
+static A512 double hsum512(__m512 v) {
+  const __m256 lo = _mm512_castps512_ps256(v), hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  const __m256d a = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(lo)), _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)));
+  const __m256d b = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)), _mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)));
+  const __m256d s = _mm256_add_pd(a, b);
+  const __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+}
+
+/* acc[tap] += sum over `count` plane pairs of dy * x_tap (dy planes every dy_stride floats, x planes
+ * every x_stride). Vector accumulators span all the planes and are reduced once. */
+A512 void cn_dw_s1_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                                const cn_dw_plan *P, double *acc) {
+  const long nt = P->ntaps;
+  if (nt == 9) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0;
+    const long o0 = P->off[0], o1 = P->off[1], o2 = P->off[2], o3 = P->off[3], o4 = P->off[4], o5 = P->off[5],
+               o6 = P->off[6], o7 = P->off[7], o8 = P->off[8];
+    for (long i = 0; i < count; i++) {
+      const float *xp = x + i * x_stride, *gp = dy + i * dy_stride;
+      for (long b = 0; b < P->nblk; b++) {
+        const uint16_t *m = P->masks + b * 11;
+        const float *xb = at(xp, b * 16);
+        if (m[10]) {
+          const __m512 g = _mm512_loadu_ps(gp + b * 16);
+          a0 = _mm512_mask3_fmadd_ps(g, LD(0), a0, m[0]);
+          a1 = _mm512_mask3_fmadd_ps(g, LD(1), a1, m[1]);
+          a2 = _mm512_mask3_fmadd_ps(g, LD(2), a2, m[2]);
+          a3 = _mm512_mask3_fmadd_ps(g, LD(3), a3, m[3]);
+          a4 = _mm512_mask3_fmadd_ps(g, LD(4), a4, m[4]);
+          a5 = _mm512_mask3_fmadd_ps(g, LD(5), a5, m[5]);
+          a6 = _mm512_mask3_fmadd_ps(g, LD(6), a6, m[6]);
+          a7 = _mm512_mask3_fmadd_ps(g, LD(7), a7, m[7]);
+          a8 = _mm512_mask3_fmadd_ps(g, LD(8), a8, m[8]);
+        } else {
+          const __m512 g = _mm512_maskz_loadu_ps(m[9], gp + b * 16);
+          a0 = _mm512_fmadd_ps(g, MLD(0), a0);
+          a1 = _mm512_fmadd_ps(g, MLD(1), a1);
+          a2 = _mm512_fmadd_ps(g, MLD(2), a2);
+          a3 = _mm512_fmadd_ps(g, MLD(3), a3);
+          a4 = _mm512_fmadd_ps(g, MLD(4), a4);
+          a5 = _mm512_fmadd_ps(g, MLD(5), a5);
+          a6 = _mm512_fmadd_ps(g, MLD(6), a6);
+          a7 = _mm512_fmadd_ps(g, MLD(7), a7);
+          a8 = _mm512_fmadd_ps(g, MLD(8), a8);
+        }
+      }
+    }
+    acc[0] += hsum512(a0);
+    acc[1] += hsum512(a1);
+    acc[2] += hsum512(a2);
+    acc[3] += hsum512(a3);
+    acc[4] += hsum512(a4);
+    acc[5] += hsum512(a5);
+    acc[6] += hsum512(a6);
+    acc[7] += hsum512(a7);
+    acc[8] += hsum512(a8);
+    return;
+  }
+  for (long q = 0; q < nt; q++) {
+    __m512 a = _mm512_setzero_ps();
+    for (long i = 0; i < count; i++) {
+      const float *xp = x + i * x_stride, *gp = dy + i * dy_stride;
+      for (long b = 0; b < P->nblk; b++) {
+        const uint16_t *m = P->masks + b * (nt + 2);
+        if (!m[q]) continue;
+        const __m512 g = _mm512_maskz_loadu_ps(m[nt], gp + b * 16);
+        a = _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(m[q], at(at(xp, b * 16), P->off[q])), a);
+      }
+    }
+    acc[q] += hsum512(a);
+  }
+}
+
+/* ---- rows of 16-multiple width: aligned-in-row loads, neighbours by valignd -------------------
+ * For 3x3 kernels with pw == 1 and W % 16 == 0 (32x32, 16x16 planes): each input row is read
+ * once per output row as consecutive vectors; the left/right neighbours come from valignd of
+ * adjacent vectors (zero beyond the row), which avoids the 9 line-splitting unaligned loads per
+ * output vector of the flattened form (2-5x faster on Zen 5). */
+
+int cn_dw_w16_applicable(long W, long kh, long kw, long sh, long sw, long pw, long ow) {
+  return kh == 3 && kw == 3 && sh == 1 && sw == 1 && pw == 1 && ow == W && W % 16 == 0 && W >= 16;
+}
+
+#define ALIGNR(hi, lo, n) _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), n))
+
+A512 void cn_dw_w16_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W, long ph, long oh,
+                                 int accumulate) {
+  const long nb = W / 16;
+  const __m512 z = _mm512_setzero_ps();
+  __m512 w[9];
+  for (int q = 0; q < 9; q++) w[q] = _mm512_set1_ps(wk[q]);
+  for (long i = 0; i < oh; i++) {
+    float *yr = y + i * W;
+    const float *rows[3];
+    int valid[3];
+    for (int a = 0; a < 3; a++) {
+      const long r = i + a - ph;
+      valid[a] = (r >= 0 && r < H);
+      rows[a] = valid[a] ? x + r * W : x;
+    }
+    __m512 p0 = z, p1 = z, p2 = z;
+    __m512 c0 = valid[0] ? _mm512_loadu_ps(rows[0]) : z;
+    __m512 c1 = valid[1] ? _mm512_loadu_ps(rows[1]) : z;
+    __m512 c2 = valid[2] ? _mm512_loadu_ps(rows[2]) : z;
+    for (long b = 0; b < nb; b++) {
+      const int last = (b + 1 == nb);
+      const __m512 n0 = (!last && valid[0]) ? _mm512_loadu_ps(rows[0] + 16 * (b + 1)) : z;
+      const __m512 n1 = (!last && valid[1]) ? _mm512_loadu_ps(rows[1] + 16 * (b + 1)) : z;
+      const __m512 n2 = (!last && valid[2]) ? _mm512_loadu_ps(rows[2] + 16 * (b + 1)) : z;
+      __m512 acc = accumulate ? _mm512_loadu_ps(yr + 16 * b) : _mm512_set1_ps(bias);
+      __m512 acc2 = _mm512_mul_ps(w[1], c0);
+      acc = _mm512_fmadd_ps(w[0], ALIGNR(c0, p0, 15), acc);
+      acc2 = _mm512_fmadd_ps(w[2], ALIGNR(n0, c0, 1), acc2);
+      acc = _mm512_fmadd_ps(w[3], ALIGNR(c1, p1, 15), acc);
+      acc2 = _mm512_fmadd_ps(w[4], c1, acc2);
+      acc = _mm512_fmadd_ps(w[5], ALIGNR(n1, c1, 1), acc);
+      acc2 = _mm512_fmadd_ps(w[6], ALIGNR(c2, p2, 15), acc2);
+      acc = _mm512_fmadd_ps(w[7], c2, acc);
+      acc2 = _mm512_fmadd_ps(w[8], ALIGNR(n2, c2, 1), acc2);
+      _mm512_storeu_ps(yr + 16 * b, _mm512_add_ps(acc, acc2));
+      p0 = c0;
+      p1 = c1;
+      p2 = c2;
+      c0 = n0;
+      c1 = n1;
+      c2 = n2;
+    }
+  }
+}
+
+/* acc[9] += taps of dy (oh x W) against x (H x W, 3x3, pw 1), summed over `count` plane pairs */
+A512 void cn_dw_w16_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count, long H,
+                                 long W, long ph, long oh, double *acc) {
+  const long nb = W / 16;
+  const __m512 z = _mm512_setzero_ps();
+  __m512 a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z;
+  for (long q = 0; q < count; q++) {
+    const float *xp = x + q * x_stride, *gp = dy + q * dy_stride;
+    for (long i = 0; i < oh; i++) {
+      const float *gr = gp + i * W;
+      const float *rows[3];
+      int valid[3];
+      for (int a = 0; a < 3; a++) {
+        const long r = i + a - ph;
+        valid[a] = (r >= 0 && r < H);
+        rows[a] = valid[a] ? xp + r * W : xp;
+      }
+      __m512 p0 = z, p1 = z, p2 = z;
+      __m512 c0 = valid[0] ? _mm512_loadu_ps(rows[0]) : z;
+      __m512 c1 = valid[1] ? _mm512_loadu_ps(rows[1]) : z;
+      __m512 c2 = valid[2] ? _mm512_loadu_ps(rows[2]) : z;
+      for (long b = 0; b < nb; b++) {
+        const int last = (b + 1 == nb);
+        const __m512 n0 = (!last && valid[0]) ? _mm512_loadu_ps(rows[0] + 16 * (b + 1)) : z;
+        const __m512 n1 = (!last && valid[1]) ? _mm512_loadu_ps(rows[1] + 16 * (b + 1)) : z;
+        const __m512 n2 = (!last && valid[2]) ? _mm512_loadu_ps(rows[2] + 16 * (b + 1)) : z;
+        const __m512 g = _mm512_loadu_ps(gr + 16 * b);
+        a0 = _mm512_fmadd_ps(g, ALIGNR(c0, p0, 15), a0);
+        a1 = _mm512_fmadd_ps(g, c0, a1);
+        a2 = _mm512_fmadd_ps(g, ALIGNR(n0, c0, 1), a2);
+        a3 = _mm512_fmadd_ps(g, ALIGNR(c1, p1, 15), a3);
+        a4 = _mm512_fmadd_ps(g, c1, a4);
+        a5 = _mm512_fmadd_ps(g, ALIGNR(n1, c1, 1), a5);
+        a6 = _mm512_fmadd_ps(g, ALIGNR(c2, p2, 15), a6);
+        a7 = _mm512_fmadd_ps(g, c2, a7);
+        a8 = _mm512_fmadd_ps(g, ALIGNR(n2, c2, 1), a8);
+        p0 = c0;
+        p1 = c1;
+        p2 = c2;
+        c0 = n0;
+        c1 = n1;
+        c2 = n2;
+      }
+    }
+  }
+  acc[0] += hsum512(a0);
+  acc[1] += hsum512(a1);
+  acc[2] += hsum512(a2);
+  acc[3] += hsum512(a3);
+  acc[4] += hsum512(a4);
+  acc[5] += hsum512(a5);
+  acc[6] += hsum512(a6);
+  acc[7] += hsum512(a7);
+  acc[8] += hsum512(a8);
+}
+
+#else /* not x86-64: never selected */
+int cn_dw_s1_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh, long ow) {
+  (void)H, (void)W, (void)kh, (void)kw, (void)sh, (void)sw, (void)ph, (void)pw, (void)oh, (void)ow;
+  return 0;
+}
+int cn_dw_s1_prepare(cn_dw_plan *P, long H, long W, long kh, long kw, long ph, long pw, long oh, long ow) {
+  (void)P, (void)H, (void)W, (void)kh, (void)kw, (void)ph, (void)pw, (void)oh, (void)ow;
+  return 0;
+}
+void cn_dw_s1_release(cn_dw_plan *P) { (void)P; }
+int cn_dw_w16_applicable(long W, long kh, long kw, long sh, long sw, long pw, long ow) {
+  (void)W, (void)kh, (void)kw, (void)sh, (void)sw, (void)pw, (void)ow;
+  return 0;
+}
+void cn_dw_w16_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W, long ph, long oh,
+                            int accumulate) {
+  (void)x, (void)wk, (void)bias, (void)y, (void)H, (void)W, (void)ph, (void)oh, (void)accumulate;
+}
+void cn_dw_w16_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count, long H, long W,
+                            long ph, long oh, double *acc) {
+  (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)H, (void)W, (void)ph, (void)oh, (void)acc;
+}
+void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P, int accumulate) {
+  (void)x, (void)wk, (void)bias, (void)y, (void)P, (void)accumulate;
+}
+void cn_dw_s1_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                           const cn_dw_plan *P, double *acc) {
+  (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)P, (void)acc;
+}
+#endif

@@ -1,0 +1,546 @@
+/* Packed, cache-blocked SGEMM with runtime-selected micro-kernels.
+ *
+ * C (M x N) = A (M x K) * B (K x N). Operands are provided by packing callbacks, so callers can
+ * fuse layout transforms (im2col, transposes) into packing. Blocking (Goto/BLIS style):
+ *   for jc (NC columns) { for pc (KC depth) { pack B block; for ic (MC rows) { pack A block;
+ *     for jr (NR) { for ir (MR) { micro-kernel } } } } }
+ * The micro-kernel always accumulates a tile from zero over one KC block and then stores or adds
+ * it into C, so every C element sees the same sequence of roundings whatever the partition of
+ * the M/N plane among threads: results do not depend on the number of threads.
+ */
+#include "cn.h"
+
+#include <stdlib.h>
+#include <string.h>
+#if defined(CN_X86)
+#include <immintrin.h>
+#endif
+#if defined(CN_ARM64)
+#include <arm_neon.h>
+#endif
+
+/* ---- micro-kernels -------------------------------------------------------------------------- */
+
+/* Portable: 4 x 8 tile (vectorised by the compiler with the baseline SIMD). */
+static void ukr_scalar_4x8(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c, long ldc,
+                           int overwrite) {
+  float acc[4][8];
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
+  for (long k = 0; k < kc; k++) {
+    for (int i = 0; i < 4; i++) {
+      const float av = a[i];
+      for (int j = 0; j < 8; j++) acc[i][j] += av * b[j];
+    }
+    a += 4;
+    b += 8;
+  }
+  for (int i = 0; i < 4; i++) {
+    float *cr = c + i * ldc;
+    if (overwrite)
+      for (int j = 0; j < 8; j++) cr[j] = acc[i][j];
+    else
+      for (int j = 0; j < 8; j++) cr[j] += acc[i][j];
+  }
+}
+
+#if defined(CN_X86)
+/* AVX-512: 8 x 32 tile, 16 zmm accumulators; A values are broadcast from memory. */
+#define AVX512_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+AVX512_ATTR static void ukr_avx512_8x32(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c,
+                                        long ldc, int overwrite) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
+  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
+  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
+  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+  __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+#define STEP512(off)                                                                                                   \
+  do {                                                                                                                 \
+    const __m512 b0 = _mm512_load_ps(b + (off)*32), b1 = _mm512_load_ps(b + (off)*32 + 16);                          \
+    const float *ak = a + (off)*8;                                                                                     \
+    __m512 av;                                                                                                         \
+    av = _mm512_set1_ps(ak[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);              \
+    av = _mm512_set1_ps(ak[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);              \
+    av = _mm512_set1_ps(ak[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);              \
+    av = _mm512_set1_ps(ak[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);              \
+    av = _mm512_set1_ps(ak[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);              \
+    av = _mm512_set1_ps(ak[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);              \
+    av = _mm512_set1_ps(ak[6]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61);              \
+    av = _mm512_set1_ps(ak[7]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);              \
+  } while (0)
+  long k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch((const char *)(b + 32 * 8), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 8 + 16), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 10), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 10 + 16), _MM_HINT_T0);
+    STEP512(0);
+    STEP512(1);
+    STEP512(2);
+    STEP512(3);
+    a += 32;
+    b += 128;
+  }
+  for (; k < kc; k++) {
+    STEP512(0);
+    a += 8;
+    b += 32;
+  }
+#undef STEP512
+#define ST512(r, v0, v1)                                                                                               \
+  do {                                                                                                                 \
+    float *cr = c + (r)*ldc;                                                                                           \
+    if (overwrite) {                                                                                                   \
+      _mm512_storeu_ps(cr, v0);                                                                                        \
+      _mm512_storeu_ps(cr + 16, v1);                                                                                   \
+    } else {                                                                                                           \
+      _mm512_storeu_ps(cr, _mm512_add_ps(_mm512_loadu_ps(cr), v0));                                                    \
+      _mm512_storeu_ps(cr + 16, _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1));                                          \
+    }                                                                                                                  \
+  } while (0)
+  ST512(0, c00, c01);
+  ST512(1, c10, c11);
+  ST512(2, c20, c21);
+  ST512(3, c30, c31);
+  ST512(4, c40, c41);
+  ST512(5, c50, c51);
+  ST512(6, c60, c61);
+  ST512(7, c70, c71);
+#undef ST512
+}
+
+/* AVX2 + FMA: 6 x 16 tile, 12 ymm accumulators. */
+#define AVX2_ATTR __attribute__((target("avx2,fma")))
+AVX2_ATTR static void ukr_avx2_6x16(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c,
+                                    long ldc, int overwrite) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+#define STEP256(off)                                                                                                   \
+  do {                                                                                                                 \
+    const __m256 b0 = _mm256_load_ps(b + (off)*16), b1 = _mm256_load_ps(b + (off)*16 + 8);                           \
+    const float *ak = a + (off)*6;                                                                                     \
+    __m256 av;                                                                                                         \
+    av = _mm256_broadcast_ss(ak + 0); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);        \
+    av = _mm256_broadcast_ss(ak + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);        \
+    av = _mm256_broadcast_ss(ak + 2); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);        \
+    av = _mm256_broadcast_ss(ak + 3); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);        \
+    av = _mm256_broadcast_ss(ak + 4); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);        \
+    av = _mm256_broadcast_ss(ak + 5); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);        \
+  } while (0)
+  long k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch((const char *)(b + 16 * 8), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 16 * 10), _MM_HINT_T0);
+    STEP256(0);
+    STEP256(1);
+    STEP256(2);
+    STEP256(3);
+    a += 24;
+    b += 64;
+  }
+  for (; k < kc; k++) {
+    STEP256(0);
+    a += 6;
+    b += 16;
+  }
+#undef STEP256
+#define ST256(r, v0, v1)                                                                                               \
+  do {                                                                                                                 \
+    float *cr = c + (r)*ldc;                                                                                           \
+    if (overwrite) {                                                                                                   \
+      _mm256_storeu_ps(cr, v0);                                                                                        \
+      _mm256_storeu_ps(cr + 8, v1);                                                                                    \
+    } else {                                                                                                           \
+      _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), v0));                                                    \
+      _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), v1));                                            \
+    }                                                                                                                  \
+  } while (0)
+  ST256(0, c00, c01);
+  ST256(1, c10, c11);
+  ST256(2, c20, c21);
+  ST256(3, c30, c31);
+  ST256(4, c40, c41);
+  ST256(5, c50, c51);
+#undef ST256
+}
+#endif /* CN_X86 */
+
+#if defined(CN_ARM64)
+/* NEON: 8 x 12 tile, 24 q-register accumulators, lane-indexed FMAs. */
+static void ukr_neon_8x12(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c, long ldc,
+                          int overwrite) {
+  float32x4_t c00 = vdupq_n_f32(0), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
+  float32x4_t c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+  float32x4_t c40 = c00, c41 = c00, c42 = c00, c50 = c00, c51 = c00, c52 = c00;
+  float32x4_t c60 = c00, c61 = c00, c62 = c00, c70 = c00, c71 = c00, c72 = c00;
+  for (long k = 0; k < kc; k++) {
+    const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4), b2 = vld1q_f32(b + 8);
+    const float32x4_t a0 = vld1q_f32(a), a1 = vld1q_f32(a + 4);
+    c00 = vfmaq_laneq_f32(c00, b0, a0, 0); c01 = vfmaq_laneq_f32(c01, b1, a0, 0); c02 = vfmaq_laneq_f32(c02, b2, a0, 0);
+    c10 = vfmaq_laneq_f32(c10, b0, a0, 1); c11 = vfmaq_laneq_f32(c11, b1, a0, 1); c12 = vfmaq_laneq_f32(c12, b2, a0, 1);
+    c20 = vfmaq_laneq_f32(c20, b0, a0, 2); c21 = vfmaq_laneq_f32(c21, b1, a0, 2); c22 = vfmaq_laneq_f32(c22, b2, a0, 2);
+    c30 = vfmaq_laneq_f32(c30, b0, a0, 3); c31 = vfmaq_laneq_f32(c31, b1, a0, 3); c32 = vfmaq_laneq_f32(c32, b2, a0, 3);
+    c40 = vfmaq_laneq_f32(c40, b0, a1, 0); c41 = vfmaq_laneq_f32(c41, b1, a1, 0); c42 = vfmaq_laneq_f32(c42, b2, a1, 0);
+    c50 = vfmaq_laneq_f32(c50, b0, a1, 1); c51 = vfmaq_laneq_f32(c51, b1, a1, 1); c52 = vfmaq_laneq_f32(c52, b2, a1, 1);
+    c60 = vfmaq_laneq_f32(c60, b0, a1, 2); c61 = vfmaq_laneq_f32(c61, b1, a1, 2); c62 = vfmaq_laneq_f32(c62, b2, a1, 2);
+    c70 = vfmaq_laneq_f32(c70, b0, a1, 3); c71 = vfmaq_laneq_f32(c71, b1, a1, 3); c72 = vfmaq_laneq_f32(c72, b2, a1, 3);
+    a += 8;
+    b += 12;
+  }
+#define STN(r, v0, v1, v2)                                                                                             \
+  do {                                                                                                                 \
+    float *cr = c + (r)*ldc;                                                                                           \
+    if (overwrite) {                                                                                                   \
+      vst1q_f32(cr, v0); vst1q_f32(cr + 4, v1); vst1q_f32(cr + 8, v2);                                                 \
+    } else {                                                                                                           \
+      vst1q_f32(cr, vaddq_f32(vld1q_f32(cr), v0));                                                                     \
+      vst1q_f32(cr + 4, vaddq_f32(vld1q_f32(cr + 4), v1));                                                             \
+      vst1q_f32(cr + 8, vaddq_f32(vld1q_f32(cr + 8), v2));                                                             \
+    }                                                                                                                  \
+  } while (0)
+  STN(0, c00, c01, c02); STN(1, c10, c11, c12); STN(2, c20, c21, c22); STN(3, c30, c31, c32);
+  STN(4, c40, c41, c42); STN(5, c50, c51, c52); STN(6, c60, c61, c62); STN(7, c70, c71, c72);
+#undef STN
+}
+#endif /* CN_ARM64 */
+
+/* ---- ISA selection ---------------------------------------------------------------------------- */
+
+cn_isa_gemm cn_gk = {"scalar", 4, 8, 256, 128, 512, ukr_scalar_4x8};
+static int g_isa_selected = 0;
+
+static long env_long(const char *name, long def) {
+  const char *e = getenv(name);
+  if (!e || !*e) return def;
+  long v = atol(e);
+  return v > 0 ? v : def;
+}
+
+static void set_blocking(cn_isa_gemm *k) {
+  /* Tuning knobs (benchmarking only); rounded to multiples of the register tile. */
+  k->kc = env_long("CONVNETS_GEMM_KC", k->kc);
+  k->mc = env_long("CONVNETS_GEMM_MC", k->mc);
+  k->nc = env_long("CONVNETS_GEMM_NC", k->nc);
+  k->mc = (k->mc + k->mr - 1) / k->mr * k->mr;
+  k->nc = (k->nc + k->nr - 1) / k->nr * k->nr;
+}
+
+static int isa_supported(const char *name) {
+  if (!strcmp(name, "scalar")) return 1;
+#if defined(CN_X86)
+  __builtin_cpu_init();
+  if (!strcmp(name, "avx512"))
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("avx2");
+  if (!strcmp(name, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+#if defined(CN_ARM64)
+  if (!strcmp(name, "neon")) return 1;
+#endif
+  return 0;
+}
+
+int cn_select_isa(const char *name) {
+  if (!name || !*name || !strcmp(name, "auto")) {
+    const char *e = getenv("CONVNETS_ISA");
+    if (e && *e && strcmp(e, "auto") && isa_supported(e)) name = e;
+    else if (isa_supported("avx512")) name = "avx512";
+    else if (isa_supported("avx2")) name = "avx2";
+    else if (isa_supported("neon")) name = "neon";
+    else name = "scalar";
+  }
+  if (!isa_supported(name)) return 0;
+  cn_isa_gemm k = {"scalar", 4, 8, 256, 128, 512, ukr_scalar_4x8};
+  int kid = 0;
+#if defined(CN_X86)
+  if (!strcmp(name, "avx512")) {
+    cn_isa_gemm t = {"avx512", 8, 32, 256, 256, 512, ukr_avx512_8x32};
+    k = t;
+    kid = 2;
+  } else if (!strcmp(name, "avx2")) {
+    cn_isa_gemm t = {"avx2", 6, 16, 256, 144, 512, ukr_avx2_6x16};
+    k = t;
+    kid = 1;
+  }
+#endif
+#if defined(CN_ARM64)
+  if (!strcmp(name, "neon")) {
+    cn_isa_gemm t = {"neon", 8, 12, 256, 128, 480, ukr_neon_8x12};
+    k = t;
+    kid = 3;
+  }
+#endif
+  set_blocking(&k);
+  cn_gk = k;
+  cn_kernels_select(kid);
+  g_isa_selected = 1;
+  return 1;
+}
+
+const char *cn_isa_name(void) {
+  if (!g_isa_selected) cn_select_isa("auto");
+  return cn_gk.name;
+}
+
+/* ---- generic packers ---------------------------------------------------------------------------- */
+
+void cn_pack_a_strided(const cn_gemm *g, long i0, long len, long k0, long kc, float *dst, int tid) {
+  (void)tid;
+  const int MR = cn_gk.mr;
+  for (long p = 0; p < len; p += MR) {
+    const int rows = (int)(len - p < MR ? len - p : MR);
+    float *d = dst + (p / MR) * kc * MR;
+    const float *base = g->a + (i0 + p) * g->a_rs + k0 * g->a_cs;
+    if (g->a_cs == 1) {
+      const float *src[32];
+      for (int r = 0; r < rows; r++) src[r] = base + r * g->a_rs;
+      cn_transpose_pack(src, rows, kc, d, MR);
+    } else if (g->a_rs == 1) {
+      for (long k = 0; k < kc; k++) {
+        const float *s = base + k * g->a_cs;
+        float *dk = d + k * MR;
+        int r = 0;
+        for (; r < rows; r++) dk[r] = s[r];
+        for (; r < MR; r++) dk[r] = 0.0f;
+      }
+    } else {
+      for (long k = 0; k < kc; k++) {
+        float *dk = d + k * MR;
+        int r = 0;
+        for (; r < rows; r++) dk[r] = base[r * g->a_rs + k * g->a_cs];
+        for (; r < MR; r++) dk[r] = 0.0f;
+      }
+    }
+  }
+}
+
+void cn_pack_b_strided(const cn_gemm *g, long j0, long len, long k0, long kc, float *dst, int tid) {
+  (void)tid;
+  const int NR = cn_gk.nr;
+  if (g->b_cs == 1) {
+    /* row-major B: copy each k row across all panels (one sequential read per row), while
+     * prefetching a few rows ahead */
+    const long full = len / NR * NR;
+    for (long k = 0; k < kc; k++) {
+      const float *s = g->b + (k0 + k) * g->b_rs + j0;
+      if (k + 4 < kc) {
+        const char *pf = (const char *)(s + 4 * g->b_rs);
+        for (long b = 0; b < len * 4; b += 64) __builtin_prefetch(pf + b);
+      }
+      float *d = dst + k * NR;
+      for (long p = 0; p < full; p += NR) memcpy(d + (p / NR) * kc * NR, s + p, sizeof(float) * (size_t)NR);
+      if (full < len) {
+        float *dl = d + (full / NR) * kc * NR;
+        long t = 0;
+        for (; t < len - full; t++) dl[t] = s[full + t];
+        for (; t < NR; t++) dl[t] = 0.0f;
+      }
+    }
+    return;
+  }
+  for (long p = 0; p < len; p += NR) {
+    const int cols = (int)(len - p < NR ? len - p : NR);
+    float *d = dst + (p / NR) * kc * NR;
+    const float *base = g->b + k0 * g->b_rs + (j0 + p) * g->b_cs;
+    if (g->b_cs == 1) {
+      for (long k = 0; k < kc; k++) {
+        const float *s = base + k * g->b_rs;
+        float *dk = d + k * NR;
+        memcpy(dk, s, sizeof(float) * (size_t)cols);
+        for (int j = cols; j < NR; j++) dk[j] = 0.0f;
+      }
+    } else if (g->b_rs == 1) {
+      const float *src[64];
+      for (int j = 0; j < cols; j++) src[j] = base + j * g->b_cs;
+      cn_transpose_pack(src, cols, kc, d, NR);
+    } else {
+      for (long k = 0; k < kc; k++) {
+        float *dk = d + k * NR;
+        int j = 0;
+        for (; j < cols; j++) dk[j] = base[k * g->b_rs + j * g->b_cs];
+        for (; j < NR; j++) dk[j] = 0.0f;
+      }
+    }
+  }
+}
+
+void cn_gemm_init_strided(cn_gemm *g, long M, long N, long K, const float *a, long a_rs, long a_cs, const float *b,
+                          long b_rs, long b_cs, float *c, long ldc) {
+  memset(g, 0, sizeof(*g));
+  g->M = M;
+  g->N = N;
+  g->K = K;
+  g->pack_a = cn_pack_a_strided;
+  g->pack_b = cn_pack_b_strided;
+  g->a = a;
+  g->a_rs = a_rs;
+  g->a_cs = a_cs;
+  g->b = b;
+  g->b_rs = b_rs;
+  g->b_cs = b_cs;
+  g->c = c;
+  g->ldc = ldc;
+  g->seg_len = N > 0 ? N : 1;
+  g->seg_stride = 0;
+  g->cs = 1;
+}
+
+/* ---- driver ------------------------------------------------------------------------------------- */
+
+/* Store (or add) a computed MR x NR tile held in tmp (row stride NR) into C at (i, j). */
+static void store_tile_general(const cn_gemm *g, const float *tmp, long i, long j, int mr, int nr, int overwrite) {
+  const int NR = cn_gk.nr;
+  for (int r = 0; r < mr; r++) {
+    const float *t = tmp + r * NR;
+    long jj = j, done = 0;
+    while (done < nr) {
+      const long seg = jj / g->seg_len, off = jj % g->seg_len;
+      long run = g->seg_len - off;
+      if (run > nr - done) run = nr - done;
+      float *cp = g->c + seg * g->seg_stride + (i + r) * g->ldc + off * g->cs;
+      if (g->cs == 1) {
+        if (overwrite)
+          for (long q = 0; q < run; q++) cp[q] = t[done + q];
+        else
+          for (long q = 0; q < run; q++) cp[q] += t[done + q];
+      } else {
+        if (overwrite)
+          for (long q = 0; q < run; q++) cp[q * g->cs] = t[done + q];
+        else
+          for (long q = 0; q < run; q++) cp[q * g->cs] += t[done + q];
+      }
+      done += run;
+      jj += run;
+    }
+  }
+}
+
+/* Column block: NC for deep products; wider for shallow ones (pointwise convolutions with few
+ * channels) so the packed B block keeps about the same L2 footprint. */
+long cn_gemm_nc(long K) {
+  const long NR = cn_gk.nr, base = cn_gk.nc;
+  const long kc = K < cn_gk.kc ? (K > 0 ? K : 1) : cn_gk.kc;
+  long nc = base * cn_gk.kc / kc;
+  if (nc > 8 * base) nc = 8 * base;
+  if (nc < base) nc = base;
+  return (nc + NR - 1) / NR * NR;
+}
+
+void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int tid) {
+  const int MR = cn_gk.mr, NR = cn_gk.nr;
+  const long KC = cn_gk.kc, MC = cn_gk.mc;
+  const long K = g->K;
+  const long NC = cn_gemm_nc(K);
+  if (m1 <= m0 || n1 <= n0) return;
+  if (K <= 0) {
+    if (g->accumulate) return;
+    float zero[64 * 8];
+    memset(zero, 0, sizeof(zero));
+    for (long i = m0; i < m1; i += MR)
+      for (long j = n0; j < n1; j += NR)
+        store_tile_general(g, zero, i, j, (int)(m1 - i < MR ? m1 - i : MR), (int)(n1 - j < NR ? n1 - j : NR), 1);
+    return;
+  }
+  const long ncmax = (n1 - n0 < NC ? n1 - n0 : NC);
+  const long mcmax = (m1 - m0 < MC ? m1 - m0 : MC);
+  const long kcmax = K < KC ? K : KC;
+  /* When several column blocks share a small A (conv weights, pointwise layers), pack the
+   * task's whole A once instead of once per column block. */
+  const long mrows = (m1 - m0 + MR - 1) / MR * MR;
+  const int a_once = (n1 - n0 > NC) && (mrows * K <= (1L << 18));
+  float *bufB = cn_ws(tid, CN_WS_PACKB, (size_t)kcmax * (size_t)((ncmax + NR - 1) / NR * NR));
+  float *bufA = a_once ? cn_ws(tid, CN_WS_PACKA, (size_t)(mrows * K))
+                       : cn_ws(tid, CN_WS_PACKA, (size_t)kcmax * (size_t)((mcmax + MR - 1) / MR * MR));
+  float *tmp = cn_ws(tid, CN_WS_TILE, (size_t)MR * NR);
+  if (!bufA || !bufB || !tmp) abort();
+  if (a_once)
+    for (long pc = 0; pc < K; pc += KC) g->pack_a(g, m0, m1 - m0, pc, K - pc < KC ? K - pc : KC, bufA + mrows * pc, tid);
+  for (long jc = n0; jc < n1; jc += NC) {
+    const long nc = n1 - jc < NC ? n1 - jc : NC;
+    for (long pc = 0; pc < K; pc += KC) {
+      const long kc = K - pc < KC ? K - pc : KC;
+      const int overwrite = (pc == 0) && !g->accumulate;
+      g->pack_b(g, jc, nc, pc, kc, bufB, tid);
+      for (long ic = m0; ic < m1; ic += MC) {
+        const long mc = m1 - ic < MC ? m1 - ic : MC;
+        const float *apack = bufA;
+        if (a_once)
+          apack = bufA + mrows * pc + (ic - m0) * kc; /* panels of rows >= ic inside block pc */
+        else
+          g->pack_a(g, ic, mc, pc, kc, bufA, tid);
+        /* rows outer: the A micro-panel stays in L1, B streams from L2, and C is written as MR
+         * long sequential row runs (prefetch-friendly stores) */
+        for (long ir = 0; ir < mc; ir += MR) {
+          const int mr = (int)(mc - ir < MR ? mc - ir : MR);
+          const float *ap = apack + (ir / MR) * kc * MR;
+          const long i = ic + ir;
+          for (long jr = 0; jr < nc; jr += NR) {
+            const int nr = (int)(nc - jr < NR ? nc - jr : NR);
+            const float *bp = bufB + (jr / NR) * kc * NR;
+            const long j = jc + jr;
+            const long seg = j / g->seg_len, off = j % g->seg_len;
+            if (mr == MR && nr == NR && g->cs == 1 && off + NR <= g->seg_len) {
+              cn_gk.ukr(kc, ap, bp, g->c + seg * g->seg_stride + off + i * g->ldc, g->ldc, overwrite);
+            } else {
+              cn_gk.ukr(kc, ap, bp, tmp, NR, 1);
+              store_tile_general(g, tmp, i, j, mr, nr, overwrite);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+typedef struct {
+  const cn_gemm *g;
+  long mparts, nparts, mstep, nstep;
+} gemm_job;
+
+static void gemm_task(void *ctx, long t, int tid) {
+  const gemm_job *J = (const gemm_job *)ctx;
+  const long mi = t % J->mparts, ni = t / J->mparts;
+  const long m0 = mi * J->mstep, n0 = ni * J->nstep;
+  long m1 = m0 + J->mstep, n1 = n0 + J->nstep;
+  if (m1 > J->g->M) m1 = J->g->M;
+  if (n1 > J->g->N) n1 = J->g->N;
+  cn_gemm_serial(J->g, m0, m1, n0, n1, tid);
+}
+
+void cn_gemm_parallel(const cn_gemm *g) {
+  if (g->M <= 0 || g->N <= 0) return;
+  const int T = cn_num_threads();
+  const double flops = 2.0 * (double)g->M * (double)g->N * (double)(g->K > 0 ? g->K : 1);
+  if (T == 1 || flops < 4.0e5) {
+    cn_gemm_serial(g, 0, g->M, 0, g->N, 0);
+    return;
+  }
+  const int MR = cn_gk.mr, NR = cn_gk.nr;
+  const long NC = cn_gemm_nc(g->K);
+  const long mblocks = (g->M + MR - 1) / MR, nblocks = (g->N + NR - 1) / NR;
+  long nparts = (g->N + NC - 1) / NC, mparts = 1;
+  if (nparts > nblocks) nparts = nblocks;
+  const long target = 4L * T;
+  while (mparts * nparts < target) {
+    const long mper = (mblocks + mparts - 1) / mparts, nper = (nblocks + nparts - 1) / nparts;
+    if (mper * MR >= nper * NR && mper >= 2) mparts++;
+    else if (nper >= 2) nparts++;
+    else if (mper >= 2) mparts++;
+    else break;
+  }
+  gemm_job J;
+  J.g = g;
+  J.mstep = (mblocks + mparts - 1) / mparts * MR;
+  J.nstep = (nblocks + nparts - 1) / nparts * NR;
+  J.mparts = (g->M + J.mstep - 1) / J.mstep;
+  J.nparts = (g->N + J.nstep - 1) / J.nstep;
+  cn_parallel(J.mparts * J.nparts, gemm_task, &J);
+}

@@ -1,0 +1,450 @@
+/* Memory-bound kernels, compiled once per instruction set (included by kernels.c with ISA,
+ * ISA_ATTR and LANES defined). Written as plain C loops shaped for the auto-vectoriser:
+ * reductions keep LANES independent partial sums so no reassociation flag is needed and
+ * results are deterministic. No include guard on purpose. */
+
+#define LANE_LOOP for (int l = 0; l < LANES; l++)
+
+/* ---- reductions ------------------------------------------------------------------------------ */
+
+static ISA_ATTR float FN(hsum)(float *acc) {
+  for (int w = LANES / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+/* sum of x[0..n) */
+static ISA_ATTR float FN(sum)(const float *CN_RESTRICT x, long n) {
+  float acc[LANES];
+  LANE_LOOP acc[l] = 0.0f;
+  long i = 0;
+  for (; i + LANES <= n; i += LANES) LANE_LOOP acc[l] += x[i + l];
+  for (int l = 0; i < n; i++, l++) acc[l] += x[i];
+  return FN(hsum)(acc);
+}
+
+/* sum of (x - m)^2 */
+static ISA_ATTR float FN(sqdev)(const float *CN_RESTRICT x, long n, float m) {
+  float acc[LANES];
+  LANE_LOOP acc[l] = 0.0f;
+  long i = 0;
+  for (; i + LANES <= n; i += LANES) LANE_LOOP {
+      const float d = x[i + l] - m;
+      acc[l] += d * d;
+    }
+  for (int l = 0; i < n; i++, l++) {
+    const float d = x[i] - m;
+    acc[l] += d * d;
+  }
+  return FN(hsum)(acc);
+}
+
+/* sums of dy and of dy * (x - m) */
+static ISA_ATTR void FN(dot2)(const float *CN_RESTRICT dy, const float *CN_RESTRICT x, long n, float m, float *sdy,
+                              float *sdyx) {
+  float a[LANES], b[LANES];
+  LANE_LOOP a[l] = b[l] = 0.0f;
+  long i = 0;
+  for (; i + LANES <= n; i += LANES) LANE_LOOP {
+      const float g = dy[i + l];
+      a[l] += g;
+      b[l] += g * (x[i + l] - m);
+    }
+  for (int l = 0; i < n; i++, l++) {
+    a[l] += dy[i];
+    b[l] += dy[i] * (x[i] - m);
+  }
+  *sdy = FN(hsum)(a);
+  *sdyx = FN(hsum)(b);
+}
+
+static ISA_ATTR float FN(dot)(const float *CN_RESTRICT a, const float *CN_RESTRICT b, long n) {
+  float acc[LANES];
+  LANE_LOOP acc[l] = 0.0f;
+  long i = 0;
+  for (; i + LANES <= n; i += LANES) LANE_LOOP acc[l] += a[i + l] * b[i + l];
+  for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
+  return FN(hsum)(acc);
+}
+
+/* ---- batch norm: per-segment pieces (a segment is one (n, c) plane of hw floats) ----------- */
+
+/* mean and sum of squared deviations of one segment (two passes while it is hot in L1) */
+static ISA_ATTR void FN(seg_stats)(const float *x, long hw, float *mean, float *m2) {
+  const float sm = FN(sum)(x, hw) / (float)hw;
+  *mean = sm;
+  *m2 = FN(sqdev)(x, hw, sm);
+}
+
+static ISA_ATTR void FN(bn_apply)(const float *CN_RESTRICT p, float *CN_RESTRICT q, long hw, float m, float k, float bt) {
+  for (long i = 0; i < hw; i++) q[i] = (p[i] - m) * k + bt;
+}
+
+/* dx = k * (dy - mdy - (x - m) * q) */
+static ISA_ATTR void FN(bn_bw_apply)(const float *CN_RESTRICT g, const float *CN_RESTRICT x, float *CN_RESTRICT d,
+                                     long hw, float m, float k, float mdy, float q) {
+  for (long i = 0; i < hw; i++) d[i] = k * (g[i] - mdy - (x[i] - m) * q);
+}
+
+/* ---- elementwise -------------------------------------------------------------------------------- */
+
+static ISA_ATTR void FN(ew)(int op, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *CN_RESTRICT y,
+                            long n, float s) {
+  switch (op) {
+  case CN_EW_RELU:
+    for (long i = 0; i < n; i++) y[i] = (a[i] > 0.0f || a[i] != a[i]) ? a[i] : 0.0f; /* NaN passes, -0 -> 0 */
+    break;
+  case CN_EW_RELU6:
+    for (long i = 0; i < n; i++) {
+      const float v = a[i];
+      y[i] = v > 0.0f ? (v > 6.0f ? 6.0f : v) : (v != v ? v : 0.0f);
+    }
+    break;
+  case CN_EW_RELU_BW: /* a = dy, b = y */
+    for (long i = 0; i < n; i++) y[i] = b[i] > 0.0f ? a[i] : 0.0f;
+    break;
+  case CN_EW_RELU6_BW:
+    for (long i = 0; i < n; i++) y[i] = (b[i] > 0.0f && b[i] < 6.0f) ? a[i] : 0.0f;
+    break;
+  case CN_EW_ADD:
+    for (long i = 0; i < n; i++) y[i] = a[i] + b[i];
+    break;
+  case CN_EW_MUL:
+    for (long i = 0; i < n; i++) y[i] = a[i] * b[i];
+    break;
+  case CN_EW_SCALE:
+    for (long i = 0; i < n; i++) y[i] = a[i] * s;
+    break;
+  default:
+    break;
+  }
+}
+
+static ISA_ATTR void FN(add_inplace)(float *CN_RESTRICT acc, const float *CN_RESTRICT a, long n) {
+  for (long i = 0; i < n; i++) acc[i] += a[i];
+}
+
+/* ---- optimisers --------------------------------------------------------------------------------- */
+
+static ISA_ATTR void FN(adam)(float *CN_RESTRICT p, const float *CN_RESTRICT g, float *CN_RESTRICT m,
+                              float *CN_RESTRICT v, long n, float b1, float b2, float omb1, float omb2, float wd,
+                              float step_size, float inv_bc2sqrt, float eps) {
+  if (wd != 0.0f) {
+    for (long i = 0; i < n; i++) {
+      const float gi = g[i] + wd * p[i];
+      const float mi = b1 * m[i] + omb1 * gi;
+      const float vi = b2 * v[i] + omb2 * gi * gi;
+      m[i] = mi;
+      v[i] = vi;
+      p[i] = p[i] - step_size * mi / (sqrtf(vi) * inv_bc2sqrt + eps);
+    }
+  } else {
+    for (long i = 0; i < n; i++) {
+      const float gi = g[i];
+      const float mi = b1 * m[i] + omb1 * gi;
+      const float vi = b2 * v[i] + omb2 * gi * gi;
+      m[i] = mi;
+      v[i] = vi;
+      p[i] = p[i] - step_size * mi / (sqrtf(vi) * inv_bc2sqrt + eps);
+    }
+  }
+}
+
+static ISA_ATTR void FN(sgd)(float *CN_RESTRICT p, const float *CN_RESTRICT g, float *CN_RESTRICT buf, long n,
+                             float lr, float mom, float omd, float wd, int nesterov, int first) {
+  if (!buf) {
+    for (long i = 0; i < n; i++) p[i] = p[i] - lr * (wd != 0.0f ? g[i] + wd * p[i] : g[i]);
+    return;
+  }
+  for (long i = 0; i < n; i++) {
+    const float d = wd != 0.0f ? g[i] + wd * p[i] : g[i];
+    const float bi = first ? d : mom * buf[i] + omd * d;
+    buf[i] = bi;
+    const float u = nesterov ? d + mom * bi : bi;
+    p[i] = p[i] - lr * u;
+  }
+}
+
+/* ---- transposing pack: dst[k*stride + r] = rows[r][k] (r < nrows), 0 for nrows <= r < stride -- */
+
+#if defined(ISA_AVX)
+/* 8x8 transpose: rows s0..s7 (8 floats each, at offset k) -> d[i*stride + 0..7] = column i */
+static ISA_ATTR inline void FN(tr8x8)(const float *const *src, long k, float *d, int stride) {
+  __m256 r0 = _mm256_loadu_ps(src[0] + k), r1 = _mm256_loadu_ps(src[1] + k);
+  __m256 r2 = _mm256_loadu_ps(src[2] + k), r3 = _mm256_loadu_ps(src[3] + k);
+  __m256 r4 = _mm256_loadu_ps(src[4] + k), r5 = _mm256_loadu_ps(src[5] + k);
+  __m256 r6 = _mm256_loadu_ps(src[6] + k), r7 = _mm256_loadu_ps(src[7] + k);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(d + 0 * stride, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(d + 1 * stride, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(d + 2 * stride, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(d + 3 * stride, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(d + 4 * stride, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(d + 5 * stride, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(d + 6 * stride, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(d + 7 * stride, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+/* transposing pack: dst[k*stride + r] = rows[r][k] (r < nrows), 0 for nrows <= r < stride */
+static ISA_ATTR void FN(transpose_pack)(const float *const *rows, int nrows, long len, float *CN_RESTRICT dst,
+                                        int stride) {
+  if (nrows < stride)
+    for (long k = 0; k < len; k++)
+      for (int r = nrows; r < stride; r++) dst[k * stride + r] = 0.0f;
+  int r0 = 0;
+#if defined(ISA_AVX)
+  for (; r0 + 8 <= nrows; r0 += 8) {
+    long k = 0;
+    for (; k + 8 <= len; k += 8) FN(tr8x8)(rows + r0, k, dst + k * stride + r0, stride);
+    for (; k < len; k++)
+      for (int r = r0; r < r0 + 8; r++) dst[k * stride + r] = rows[r][k];
+  }
+#endif
+  if (r0 >= nrows) return;
+  long k = 0;
+  for (; k + 8 <= len; k += 8) {
+    for (int r = r0; r < nrows; r++) {
+      const float *s = rows[r] + k;
+      float *d = dst + k * stride + r;
+      d[0] = s[0];
+      d[stride] = s[1];
+      d[2 * stride] = s[2];
+      d[3 * stride] = s[3];
+      d[4 * stride] = s[4];
+      d[5 * stride] = s[5];
+      d[6 * stride] = s[6];
+      d[7 * stride] = s[7];
+    }
+  }
+  for (; k < len; k++)
+    for (int r = r0; r < nrows; r++) dst[k * stride + r] = rows[r][k];
+}
+
+/* ---- depthwise convolution, one plane ----------------------------------------------------------
+ * A strided convolution of a zero-padded plane is split into sh x sw "phase planes"
+ * P[py][px](r, c) = xpad(r*sh + py, c*sw + px), each Hq x Wq with Hq = oh + (kh-1)/sh and
+ * Wq = ow + (kw-1)/sw. Every tap then reads one phase at a constant offset, so the whole output
+ * plane is computed as unit-stride loops over t = oy*Wq + ox (columns ow..Wq-1 are junk and
+ * dropped). Loops run to T rounded up to LANES; each phase is followed by zeroed slack. */
+
+#define DW_SLACK (LANES > 16 ? LANES : 16)
+
+static inline long FN(round_lanes)(long t) { return (t + LANES - 1) / LANES * LANES; }
+static inline long FN(round_vec)(long t) { return (t + 15) / 16 * 16; }
+
+static ISA_ATTR void FN(make_phases)(const float *CN_RESTRICT x, long H, long W, long sh, long sw, long ph, long pw,
+                                     long Hq, long Wq, long pstride, float *CN_RESTRICT dst) {
+  for (long py = 0; py < sh; py++)
+    for (long px = 0; px < sw; px++) {
+      float *d = dst + (py * sw + px) * pstride;
+      /* valid columns: 0 <= c*sw + px - pw < W */
+      long clo = 0, chi = Wq;
+      while (clo < Wq && clo * sw + px - pw < 0) clo++;
+      while (chi > clo && (chi - 1) * sw + px - pw >= W) chi--;
+      for (long r = 0; r < Hq; r++) {
+        float *CN_RESTRICT drow = d + r * Wq;
+        const long iy = r * sh + py - ph;
+        if (iy < 0 || iy >= H) {
+          for (long c = 0; c < Wq; c++) drow[c] = 0.0f;
+          continue;
+        }
+        const float *CN_RESTRICT srow = x + iy * W + px - pw;
+        for (long c = 0; c < clo; c++) drow[c] = 0.0f;
+        if (sw == 1)
+          for (long c = clo; c < chi; c++) drow[c] = srow[c];
+        else if (sw == 2)
+          for (long c = clo; c < chi; c++) drow[c] = srow[2 * c];
+        else
+          for (long c = clo; c < chi; c++) drow[c] = srow[c * sw];
+        for (long c = chi; c < Wq; c++) drow[c] = 0.0f;
+      }
+      for (long t = Hq * Wq; t < pstride; t++) d[t] = 0.0f;
+    }
+}
+
+/* o[r*ostride + t] (=|+=) bias + sum_taps w * phases[r*Wq + t + tap offset], r < rows, t < len */
+static ISA_ATTR void FN(dw_rows)(const float *ph_buf, long ps, long Wq, const float *wk, long kh, long kw, long sh,
+                                 long sw, float bias, int accumulate, float *o, long ostride, long rows, long len) {
+  if (kh == 3 && kw == 3 && sh == 1 && sw == 1) {
+    const float w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3], w4 = wk[4], w5 = wk[5], w6 = wk[6], w7 = wk[7], w8 = wk[8];
+    for (long r = 0; r < rows; r++) {
+      const float *CN_RESTRICT p0 = ph_buf + r * Wq, *CN_RESTRICT p1 = p0 + Wq, *CN_RESTRICT p2 = p1 + Wq;
+      float *CN_RESTRICT or_ = o + r * ostride;
+      if (accumulate)
+        for (long t = 0; t < len; t++)
+          or_[t] += w0 * p0[t] + w1 * p0[t + 1] + w2 * p0[t + 2] + w3 * p1[t] + w4 * p1[t + 1] + w5 * p1[t + 2] +
+                    w6 * p2[t] + w7 * p2[t + 1] + w8 * p2[t + 2];
+      else
+        for (long t = 0; t < len; t++)
+          or_[t] = bias + w0 * p0[t] + w1 * p0[t + 1] + w2 * p0[t + 2] + w3 * p1[t] + w4 * p1[t + 1] + w5 * p1[t + 2] +
+                   w6 * p2[t] + w7 * p2[t + 1] + w8 * p2[t + 2];
+    }
+    return;
+  }
+  if (kh == 3 && kw == 3 && sh == 2 && sw == 2) {
+    const float w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3], w4 = wk[4], w5 = wk[5], w6 = wk[6], w7 = wk[7], w8 = wk[8];
+    for (long r = 0; r < rows; r++) {
+      const float *CN_RESTRICT e = ph_buf + r * Wq, *CN_RESTRICT f = e + ps, *CN_RESTRICT g = e + 2 * ps,
+                               *CN_RESTRICT h = e + 3 * ps;
+      float *CN_RESTRICT or_ = o + r * ostride;
+      if (accumulate)
+        for (long t = 0; t < len; t++)
+          or_[t] += w0 * e[t] + w2 * e[t + 1] + w6 * e[t + Wq] + w8 * e[t + Wq + 1] + w1 * f[t] + w7 * f[t + Wq] +
+                    w3 * g[t] + w5 * g[t + 1] + w4 * h[t];
+      else
+        for (long t = 0; t < len; t++)
+          or_[t] = bias + w0 * e[t] + w2 * e[t + 1] + w6 * e[t + Wq] + w8 * e[t + Wq + 1] + w1 * f[t] + w7 * f[t + Wq] +
+                   w3 * g[t] + w5 * g[t + 1] + w4 * h[t];
+    }
+    return;
+  }
+  for (long r = 0; r < rows; r++) {
+    float *CN_RESTRICT or_ = o + r * ostride;
+    if (!accumulate)
+      for (long t = 0; t < len; t++) or_[t] = bias;
+    for (long ky = 0; ky < kh; ky++)
+      for (long kx = 0; kx < kw; kx++) {
+        const float wv = wk[ky * kw + kx];
+        const float *CN_RESTRICT q = ph_buf + ((ky % sh) * sw + kx % sw) * ps + (r + ky / sh) * Wq + kx / sw;
+        for (long t = 0; t < len; t++) or_[t] += wv * q[t];
+      }
+  }
+}
+
+/* y (oh x ow) (=|+=) bias + sum_taps wk * x for one plane x (H x W, zero padding ph, pw).
+ * ph_buf: scratch of sh*sw*(Hq*Wq + DW_SLACK) floats; tmp: scratch of round_lanes(T) floats.
+ * Wide planes are computed row by row straight into y; narrow ones as one flattened run. */
+static ISA_ATTR void FN(dw_plane)(const float *x, long H, long W, const float *wk, float bias, float *y, long kh, long kw,
+                                  long sh, long sw, long ph, long pw, long oh, long ow, int accumulate, float *ph_buf,
+                                  float *tmp) {
+  const long Hq = oh + (kh - 1) / sh, Wq = ow + (kw - 1) / sw, ps = Hq * Wq + DW_SLACK;
+  FN(make_phases)(x, H, W, sh, sw, ph, pw, Hq, Wq, ps, ph_buf);
+  if (ow >= 16) {
+    FN(dw_rows)(ph_buf, ps, Wq, wk, kh, kw, sh, sw, bias, accumulate, y, ow, oh, ow);
+    return;
+  }
+  const long T = (oh - 1) * Wq + ow, Tr = FN(round_vec)(T);
+  FN(dw_rows)(ph_buf, ps, Wq, wk, kh, kw, sh, sw, 0.0f, 0, tmp, Tr, 1, Tr);
+  for (long oy = 0; oy < oh; oy++) {
+    float *CN_RESTRICT yr = y + oy * ow;
+    const float *CN_RESTRICT orow = tmp + oy * Wq;
+    if (accumulate)
+      for (long ox = 0; ox < ow; ox++) yr[ox] += orow[ox];
+    else
+      for (long ox = 0; ox < ow; ox++) yr[ox] = orow[ox] + bias;
+  }
+}
+
+/* dyp (max(round_lanes(T), round_vec(T)) floats) = dy (oh x ow) laid out with row stride Wq,
+ * zeros elsewhere */
+static ISA_ATTR void FN(spread_rows)(const float *CN_RESTRICT dy, long oh, long ow, long Wq, float *CN_RESTRICT dyp) {
+  const long T = (oh - 1) * Wq + ow;
+  long Tr = FN(round_lanes)(T);
+  if (FN(round_vec)(T) > Tr) Tr = FN(round_vec)(T);
+  for (long oy = 0; oy < oh; oy++) {
+    float *d = dyp + oy * Wq;
+    const float *s = dy + oy * ow;
+    for (long ox = 0; ox < ow; ox++) d[ox] = s[ox];
+    if (oy < oh - 1)
+      for (long ox = ow; ox < Wq; ox++) d[ox] = 0.0f;
+  }
+  for (long t = T; t < Tr; t++) dyp[t] = 0.0f;
+}
+
+/* Weight-gradient taps summed over `count` plane pairs (x planes every x_stride floats, dy planes
+ * every dy_stride): acc[tap] += sum over planes of dy * x_tap. Lanes accumulate across planes
+ * and are reduced once. */
+static ISA_ATTR void FN(dw_wgrad_planes)(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                                         long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh,
+                                         long ow, float *ph_buf, float *dyp, double *acc) {
+  const long Hq = oh + (kh - 1) / sh, Wq = ow + (kw - 1) / sw, ps = Hq * Wq + DW_SLACK;
+  const long Tr = FN(round_lanes)((oh - 1) * Wq + ow);
+  if (kh == 3 && kw == 3 && ((sh == 1 && sw == 1) || (sh == 2 && sw == 2))) {
+    const float *q[9];
+    for (int ky = 0; ky < 3; ky++)
+      for (int kx = 0; kx < 3; kx++)
+        q[ky * 3 + kx] = ph_buf + ((ky % sh) * sw + kx % sw) * ps + (ky / sh) * Wq + kx / sw;
+    const float *CN_RESTRICT q0 = q[0], *CN_RESTRICT q1 = q[1], *CN_RESTRICT q2 = q[2], *CN_RESTRICT q3 = q[3],
+                             *CN_RESTRICT q4 = q[4], *CN_RESTRICT q5 = q[5], *CN_RESTRICT q6 = q[6],
+                             *CN_RESTRICT q7 = q[7], *CN_RESTRICT q8 = q[8];
+    float a0[LANES], a1[LANES], a2[LANES], a3[LANES], a4[LANES], a5[LANES], a6[LANES], a7[LANES], a8[LANES];
+    LANE_LOOP a0[l] = a1[l] = a2[l] = a3[l] = a4[l] = a5[l] = a6[l] = a7[l] = a8[l] = 0.0f;
+    for (long i = 0; i < count; i++) {
+      FN(make_phases)(x + i * x_stride, H, W, sh, sw, ph, pw, Hq, Wq, ps, ph_buf);
+      FN(spread_rows)(dy + i * dy_stride, oh, ow, Wq, dyp);
+      for (long t = 0; t < Tr; t += LANES) LANE_LOOP {
+          const float g = dyp[t + l];
+          a0[l] += g * q0[t + l];
+          a1[l] += g * q1[t + l];
+          a2[l] += g * q2[t + l];
+          a3[l] += g * q3[t + l];
+          a4[l] += g * q4[t + l];
+          a5[l] += g * q5[t + l];
+          a6[l] += g * q6[t + l];
+          a7[l] += g * q7[t + l];
+          a8[l] += g * q8[t + l];
+        }
+    }
+    acc[0] += FN(hsum)(a0);
+    acc[1] += FN(hsum)(a1);
+    acc[2] += FN(hsum)(a2);
+    acc[3] += FN(hsum)(a3);
+    acc[4] += FN(hsum)(a4);
+    acc[5] += FN(hsum)(a5);
+    acc[6] += FN(hsum)(a6);
+    acc[7] += FN(hsum)(a7);
+    acc[8] += FN(hsum)(a8);
+    return;
+  }
+  for (long i = 0; i < count; i++) {
+    FN(make_phases)(x + i * x_stride, H, W, sh, sw, ph, pw, Hq, Wq, ps, ph_buf);
+    FN(spread_rows)(dy + i * dy_stride, oh, ow, Wq, dyp);
+    for (long ky = 0; ky < kh; ky++)
+      for (long kx = 0; kx < kw; kx++)
+        acc[ky * kw + kx] += FN(dot)(dyp, ph_buf + ((ky % sh) * sw + kx % sw) * ps + (ky / sh) * Wq + kx / sw, Tr);
+  }
+}
+
+/* Input gradient of one plane pair, accumulated into phase planes (zeroed by the caller):
+ * phase(ky%sh, kx%sw)[t + (ky/sh)*Wq + kx/sw] += wk[ky][kx] * dyp[t]. */
+static ISA_ATTR void FN(dw_dgrad_plane)(const float *dy, const float *wk, float *ph_buf, long kh, long kw, long sh,
+                                        long sw, long oh, long ow, float *dyp) {
+  const long Hq = oh + (kh - 1) / sh, Wq = ow + (kw - 1) / sw, ps = Hq * Wq + DW_SLACK;
+  FN(spread_rows)(dy, oh, ow, Wq, dyp);
+  const long Tr = FN(round_vec)((oh - 1) * Wq + ow);
+  for (long ky = 0; ky < kh; ky++)
+    for (long kx = 0; kx < kw; kx++) {
+      const float wv = wk[ky * kw + kx];
+      float *CN_RESTRICT q = ph_buf + ((ky % sh) * sw + kx % sw) * ps + (ky / sh) * Wq + kx / sw;
+      const float *CN_RESTRICT g = dyp;
+      for (long t = 0; t < Tr; t++) q[t] += wv * g[t];
+    }
+}
+
+static void FN(fill_table)(cn_ktab *t) {
+  t->sum = FN(sum);
+  t->seg_stats = FN(seg_stats);
+  t->dot2 = FN(dot2);
+  t->bn_apply = FN(bn_apply);
+  t->bn_bw_apply = FN(bn_bw_apply);
+  t->ew = FN(ew);
+  t->add_inplace = FN(add_inplace);
+  t->adam = FN(adam);
+  t->sgd = FN(sgd);
+  t->transpose_pack = FN(transpose_pack);
+  t->make_phases = FN(make_phases);
+  t->dw_plane = FN(dw_plane);
+  t->dw_wgrad_planes = FN(dw_wgrad_planes);
+  t->dw_dgrad_plane = FN(dw_dgrad_plane);
+  t->lanes = DW_SLACK; /* phase-plane slack (>= LANES) */
+}
+
+#undef LANE_LOOP

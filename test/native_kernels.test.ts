@@ -1,0 +1,431 @@
+// The native CPU backend (C kernels via Node-API) against the reference backend, kernel by
+// kernel, for every instruction set this CPU supports (AVX-512, AVX2, NEON, scalar), plus
+// thread-count determinism and argument checking. Skipped when the addon is not built.
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { convOutSize, type Backend, type ConvGeom, type F32, type PoolGeom } from '../src/backend/backend.js';
+import { referenceBackend as ref } from '../src/backend/reference.js';
+import { loadNativeBackend, nativeIsa, nativeThreads, setNativeIsa, setNativeThreads } from '../src/backend/native.js';
+
+const loaded = loadNativeBackend();
+const nb = loaded.backend;
+
+// ---- helpers ------------------------------------------------------------------------------
+
+let seed = 12345;
+function rnd(): number {
+  // xorshift32 in [-1, 1)
+  seed ^= seed << 13;
+  seed >>>= 0;
+  seed ^= seed >>> 17;
+  seed ^= seed << 5;
+  seed >>>= 0;
+  return seed / 2147483648 - 1;
+}
+function randn(n: number, scale = 1, offset = 0): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = offset + scale * rnd();
+  return a;
+}
+
+function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  assert.equal(got.length, want.length, 'length');
+  let d = 0;
+  let s = 0;
+  for (let i = 0; i < want.length; i++) {
+    const e = got[i] - want[i];
+    d += e * e;
+    s += want[i] * want[i];
+  }
+  if (s === 0) return Math.sqrt(d);
+  return Math.sqrt(d / s);
+}
+
+function close(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what: string): void {
+  const r = relL2(got, want);
+  assert.ok(Number.isFinite(r) && r <= tol, `${what}: relative L2 error ${r.toExponential(3)} > ${tol}`);
+}
+
+function convGeom(n: number, c: number, h: number, w: number, o: number, kh: number, kw: number, sh: number, sw: number, ph: number, pw: number, groups: number): ConvGeom {
+  return { n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, oh: convOutSize(h, kh, sh, ph), ow: convOutSize(w, kw, sw, pw) };
+}
+
+function poolGeom(n: number, c: number, h: number, w: number, kh: number, kw: number, sh: number, sw: number, ph: number, pw: number): PoolGeom {
+  return { n, c, h, w, kh, kw, sh, sw, ph, pw, oh: convOutSize(h, kh, sh, ph), ow: convOutSize(w, kw, sw, pw) };
+}
+
+const FWD = 1e-5;
+const BWD = 1e-4;
+
+// Instruction sets to run: every one this CPU and build support.
+const isas = nb ? ['avx512', 'avx2', 'neon', 'scalar'].filter((i) => setNativeIsa(i)) : [];
+if (nb) setNativeIsa('auto');
+
+function forEachIsa(fn: (isa: string) => void): void {
+  try {
+    for (const isa of isas) {
+      assert.ok(setNativeIsa(isa));
+      fn(isa);
+    }
+  } finally {
+    setNativeIsa('auto');
+  }
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+describe('native kernels', { skip: nb ? false : `native backend unavailable: ${loaded.reason}` }, () => {
+  const be = nb as Backend;
+
+  after(() => {
+    setNativeIsa('auto');
+    setNativeThreads(0);
+  });
+
+  test('reports its instruction set and threads', () => {
+    assert.equal(be.name, 'native');
+    assert.ok(isas.length >= 1);
+    assert.ok(['avx512', 'avx2', 'neon', 'scalar'].includes(nativeIsa()!));
+    assert.ok(nativeThreads()! >= 1);
+  });
+
+  // name, n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, bias
+  const convCases: [string, number, number, number, number, number, number, number, number, number, number, number, number, boolean][] = [
+    ['3x3 s1 p1', 2, 5, 7, 9, 6, 3, 3, 1, 1, 1, 1, 1, false],
+    ['3x3 s1 p1 bias, batch 1', 1, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, true],
+    ['3x3 s2 p1', 2, 8, 9, 8, 16, 3, 3, 2, 2, 1, 1, 1, false],
+    ['3x3 s1 p1, K > KC, N > NC', 4, 64, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, false],
+    ['3x3 s2 p1, K > KC', 3, 64, 8, 8, 24, 3, 3, 2, 2, 1, 1, 1, true],
+    ['1x1 s1', 3, 17, 5, 6, 33, 1, 1, 1, 1, 0, 0, 1, false],
+    ['1x1 s1 large channels', 2, 300, 4, 4, 20, 1, 1, 1, 1, 0, 0, 1, false],
+    ['1x1 s2', 2, 16, 8, 8, 8, 1, 1, 2, 2, 0, 0, 1, false],
+    ['1x1 s1 p1 (padding beyond the kernel)', 2, 6, 4, 5, 7, 1, 1, 1, 1, 1, 1, 1, true],
+    ['5x5 s1 p0', 2, 3, 11, 10, 5, 5, 5, 1, 1, 0, 0, 1, true],
+    ['rectangular 3x5 s(2,1) p(1,2)', 2, 4, 9, 11, 6, 3, 5, 2, 1, 1, 2, 1, false],
+    ['rectangular 1x3 p(0,1)', 2, 6, 5, 7, 10, 1, 3, 1, 1, 0, 1, 1, false],
+    ['7x7 s2 p3 odd sizes', 1, 3, 19, 17, 9, 7, 7, 2, 2, 3, 3, 1, true],
+    ['groups=2 3x3 s1 p1', 2, 8, 7, 7, 12, 3, 3, 1, 1, 1, 1, 2, false],
+    ['groups=2 3x3 s2 p1', 2, 8, 9, 9, 6, 3, 3, 2, 2, 1, 1, 2, true],
+    ['groups=4 1x1, one output per group', 2, 8, 5, 5, 4, 1, 1, 1, 1, 0, 0, 4, false],
+    ['depthwise 3x3 s1 p1', 2, 12, 9, 10, 12, 3, 3, 1, 1, 1, 1, 12, false],
+    ['depthwise 3x3 s1 p1 32x32', 2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 16, true],
+    ['depthwise 3x3 s2 p1', 2, 16, 10, 9, 16, 3, 3, 2, 2, 1, 1, 16, false],
+    ['depthwise 3x3 s2 p1 4x4', 3, 8, 4, 4, 8, 3, 3, 2, 2, 1, 1, 8, false],
+    ['depthwise 3x3 s1 p1 2x2', 2, 24, 2, 2, 24, 3, 3, 1, 1, 1, 1, 24, false],
+    ['depthwise multiplier 2', 2, 6, 7, 8, 12, 3, 3, 1, 1, 1, 1, 6, true],
+    ['depthwise 5x5 s1 p2', 2, 8, 9, 9, 8, 5, 5, 1, 1, 2, 2, 8, false],
+    ['depthwise 3x1 s(2,1) p(1,0)', 2, 5, 9, 6, 5, 3, 1, 2, 1, 1, 0, 5, false],
+    ['depthwise s1 p0 (flip path with padding 2)', 2, 4, 6, 7, 4, 3, 3, 1, 1, 0, 0, 4, false],
+    ['depthwise 1x1 p1 (padding beyond the kernel)', 2, 4, 5, 6, 4, 1, 1, 1, 1, 1, 1, 4, true],
+    ['depthwise 3x3 s3 p1', 2, 6, 11, 10, 6, 3, 3, 3, 3, 1, 1, 6, false],
+    ['depthwise 2x2 s2 p0, multiplier 3', 2, 3, 8, 7, 9, 2, 2, 2, 2, 0, 0, 3, false],
+    ['depthwise 3x3 s1 p1 16x16, multiplier 2', 3, 8, 16, 16, 16, 3, 3, 1, 1, 1, 1, 8, true],
+    ['depthwise 3x3 s1 p1 16x48 (rectangular plane)', 2, 4, 16, 48, 4, 3, 3, 1, 1, 1, 1, 4, false],
+    ['single input channel (groups=1, c=1)', 2, 1, 8, 8, 5, 3, 3, 1, 1, 1, 1, 1, false],
+    ['odd sizes spanning column blocks and images', 3, 40, 20, 20, 50, 3, 3, 1, 1, 1, 1, 1, true],
+  ];
+
+  for (const [name, n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, bias] of convCases) {
+    test(`conv2d forward/backward: ${name}`, () => {
+      const g = convGeom(n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups);
+      const x = randn(n * c * h * w);
+      const wt = randn(o * (c / groups) * kh * kw, 0.5);
+      const b = bias ? randn(o) : null;
+      const dy = randn(n * o * g.oh * g.ow);
+      const y0 = ref.conv2d(x, wt, b, g);
+      const dx0 = ref.conv2dBackwardInput(dy, wt, g);
+      const dw0 = ref.conv2dBackwardWeight(dy, x, g);
+      forEachIsa((isa) => {
+        close(be.conv2d(x, wt, b, g), y0, FWD, `${isa} forward`);
+        close(be.conv2dBackwardInput(dy, wt, g), dx0, BWD, `${isa} backward input`);
+        close(be.conv2dBackwardWeight(dy, x, g), dw0, BWD, `${isa} backward weight`);
+      });
+    });
+  }
+
+  // m, n, k
+  const mmCases: [number, number, number][] = [
+    [1, 1, 1],
+    [7, 13, 5],
+    [33, 65, 300],
+    [128, 10, 512],
+    [100, 37, 513],
+    [17, 257, 31],
+  ];
+  test('matmul with all transposes', () => {
+    for (const [m, n, k] of mmCases) {
+      for (const ta of [false, true]) {
+        for (const tb of [false, true]) {
+          const a = randn(m * k);
+          const b = randn(k * n);
+          const want = ref.matmul(a, b, m, n, k, ta, tb);
+          forEachIsa((isa) => close(be.matmul(a, b, m, n, k, ta, tb), want, FWD, `${isa} matmul ${m}x${n}x${k} ${ta} ${tb}`));
+        }
+      }
+    }
+  });
+
+  test('matmul with K = 0 gives zeros', () => {
+    const c = be.matmul(new Float32Array(0), new Float32Array(0), 3, 4, 0, false, false);
+    assert.deepEqual(Array.from(c), new Array(12).fill(0));
+  });
+
+  // n, c, hw, offset (a large mean tests the variance accumulation)
+  const bnCases: [number, number, number, number][] = [
+    [2, 3, 5, 0],
+    [4, 16, 64, 0.5],
+    [3, 7, 1, 0],
+    [8, 32, 100, 0],
+    [5, 4, 33, 100],
+    [16, 24, 256, -3],
+  ];
+  test('batch norm train / eval / backward', () => {
+    for (const [n, c, hw, off] of bnCases) {
+      for (const affine of [true, false]) {
+        const x = randn(n * c * hw, 2, off);
+        const wt = affine ? randn(c, 1, 1) : null;
+        const bs = affine ? randn(c) : null;
+        const dy = randn(n * c * hw);
+        const r0 = ref.batchNormTrain(x, wt, bs, n, c, hw, 1e-5);
+        const rm = randn(c, 0.1);
+        const rv = randn(c, 0.5, 1.5);
+        const e0 = ref.batchNormEval(x, rm, rv, wt, bs, n, c, hw, 1e-5);
+        const g0 = ref.batchNormBackward(dy, x, r0.mean, r0.invstd, wt, n, c, hw);
+        forEachIsa((isa) => {
+          const what = `${isa} bn ${n}x${c}x${hw}${affine ? '' : ' no affine'}`;
+          const r = be.batchNormTrain(x, wt, bs, n, c, hw, 1e-5);
+          close(r.y, r0.y, FWD, `${what} y`);
+          close(r.mean, r0.mean, FWD, `${what} mean`);
+          close(r.varBiased, r0.varBiased, FWD, `${what} var`);
+          close(r.invstd, r0.invstd, FWD, `${what} invstd`);
+          close(be.batchNormEval(x, rm, rv, wt, bs, n, c, hw, 1e-5), e0, FWD, `${what} eval`);
+          const g = be.batchNormBackward(dy, x, r0.mean, r0.invstd, wt, n, c, hw);
+          close(g.dx, g0.dx, BWD, `${what} dx`);
+          close(g.dweight, g0.dweight, BWD, `${what} dweight`);
+          close(g.dbias, g0.dbias, BWD, `${what} dbias`);
+        });
+      }
+    }
+  });
+
+  test('elementwise kernels, including lengths that span several threads', () => {
+    for (const len of [0, 1, 31, 1000, 200_003]) {
+      const a = randn(len, 8);
+      const b = randn(len, 8);
+      const y6 = randn(len, 4, 3); // straddles 0 and 6
+      forEachIsa((isa) => {
+        const w = `${isa} len ${len}`;
+        assert.deepEqual(be.relu(a), ref.relu(a), `${w} relu`);
+        assert.deepEqual(be.relu6(a), ref.relu6(a), `${w} relu6`);
+        assert.deepEqual(be.reluBackward(b, a), ref.reluBackward(b, a), `${w} reluBackward`);
+        assert.deepEqual(be.relu6Backward(b, y6), ref.relu6Backward(b, y6), `${w} relu6Backward`);
+        assert.deepEqual(be.add(a, b), ref.add(a, b), `${w} add`);
+        assert.deepEqual(be.mul(a, b), ref.mul(a, b), `${w} mul`);
+        close(be.scale(a, -0.37), ref.scale(a, -0.37), FWD, `${w} scale`);
+        const acc1 = a.slice();
+        const acc2 = a.slice();
+        be.addInPlace(acc1, b);
+        ref.addInPlace(acc2, b);
+        assert.deepEqual(acc1, acc2, `${w} addInPlace`);
+      });
+    }
+  });
+
+  test('relu and relu6 propagate NaN like PyTorch; backward masks on the output', () => {
+    const x = Float32Array.from([NaN, -1, 0, 3, 7, -0]);
+    forEachIsa(() => {
+      assert.deepEqual(Array.from(be.relu(x)), Array.from(ref.relu(x)));
+      assert.deepEqual(Array.from(be.relu6(x)), Array.from(ref.relu6(x)));
+      assert.deepEqual(Array.from(be.reluBackward(Float32Array.from([1, 1, 1, 1, 1, 1]), x)), [0, 0, 0, 1, 1, 0]);
+      assert.deepEqual(Array.from(be.relu6Backward(Float32Array.from([1, 1, 1, 1, 1, 1]), x)), [0, 0, 0, 1, 0, 0]);
+    });
+  });
+
+  test('max pool forward (values and argmax) and backward', () => {
+    const cases: PoolGeom[] = [
+      poolGeom(2, 3, 9, 9, 3, 3, 2, 2, 1, 1),
+      poolGeom(2, 4, 8, 8, 2, 2, 2, 2, 0, 0),
+      poolGeom(1, 2, 7, 6, 3, 2, 1, 2, 1, 0),
+      poolGeom(3, 5, 32, 32, 3, 3, 2, 2, 1, 1),
+    ];
+    for (const g of cases) {
+      const x = randn(g.n * g.c * g.h * g.w);
+      const r0 = ref.maxPool2d(x, g);
+      const dy = randn(r0.y.length);
+      const dx0 = ref.maxPool2dBackward(dy, r0.argmax, g);
+      forEachIsa((isa) => {
+        const r = be.maxPool2d(x, g);
+        assert.deepEqual(r.y, r0.y, `${isa} maxpool values`);
+        assert.deepEqual(r.argmax, r0.argmax, `${isa} maxpool argmax`);
+        close(be.maxPool2dBackward(dy, r0.argmax, g), dx0, BWD, `${isa} maxpool backward`);
+      });
+    }
+    // ties pick the first maximum, like the reference
+    const g = poolGeom(1, 1, 2, 2, 2, 2, 2, 2, 0, 0);
+    assert.deepEqual(Array.from(be.maxPool2d(Float32Array.from([1, 1, 1, 1]), g).argmax), [0]);
+  });
+
+  test('adaptive average pool forward and backward (overlapping windows)', () => {
+    // n, c, h, w, oh, ow
+    const cases: [number, number, number, number, number, number][] = [
+      [2, 3, 7, 7, 1, 1],
+      [2, 3, 7, 9, 3, 4],
+      [1, 2, 4, 4, 4, 4],
+      [2, 2, 5, 5, 2, 2],
+      [4, 64, 16, 16, 1, 1],
+      [2, 8, 40, 40, 1, 1],
+    ];
+    for (const [n, c, h, w, oh, ow] of cases) {
+      const x = randn(n * c * h * w);
+      const dy = randn(n * c * oh * ow);
+      const y0 = ref.adaptiveAvgPool2d(x, n, c, h, w, oh, ow);
+      const dx0 = ref.adaptiveAvgPool2dBackward(dy, n, c, h, w, oh, ow);
+      forEachIsa((isa) => {
+        close(be.adaptiveAvgPool2d(x, n, c, h, w, oh, ow), y0, FWD, `${isa} avgpool ${h}x${w}->${oh}x${ow}`);
+        close(be.adaptiveAvgPool2dBackward(dy, n, c, h, w, oh, ow), dx0, BWD, `${isa} avgpool backward`);
+      });
+    }
+  });
+
+  test('row vector, row sums, channel sums', () => {
+    for (const [rows, cols] of [
+      [1, 1],
+      [128, 10],
+      [7, 1000],
+    ]) {
+      const y = randn(rows * cols);
+      const bias = randn(cols);
+      const y1 = y.slice();
+      const y2 = y.slice();
+      be.addRowVectorInPlace(y1, bias, rows, cols);
+      ref.addRowVectorInPlace(y2, bias, rows, cols);
+      close(y1, y2, FWD, 'addRowVectorInPlace');
+      close(be.sumRows(y, rows, cols), ref.sumRows(y, rows, cols), FWD, 'sumRows');
+    }
+    for (const [n, c, hw] of [
+      [2, 3, 5],
+      [16, 32, 64],
+      [3, 5, 1],
+      [8, 64, 256],
+    ]) {
+      const x = randn(n * c * hw, 1, 0.25);
+      const want = ref.sumChannels(x, n, c, hw);
+      forEachIsa((isa) => close(be.sumChannels(x, n, c, hw), want, FWD, `${isa} sumChannels`));
+    }
+  });
+
+  test('log softmax forward and backward', () => {
+    for (const [rows, cols] of [
+      [5, 10],
+      [3, 1000],
+      [1, 1],
+    ]) {
+      const x = randn(rows * cols, 10);
+      const y0 = ref.logSoftmax(x, rows, cols);
+      const dy = randn(rows * cols);
+      close(be.logSoftmax(x, rows, cols), y0, FWD, 'logSoftmax');
+      close(be.logSoftmaxBackward(dy, y0, rows, cols), ref.logSoftmaxBackward(dy, y0, rows, cols), BWD, 'logSoftmaxBackward');
+    }
+  });
+
+  test('Adam and SGD fused updates', () => {
+    for (const len of [1, 37, 150_001]) {
+      for (const wd of [0, 0.01]) {
+        for (const step of [1, 10]) {
+          const p = randn(len);
+          const g = randn(len);
+          const m = randn(len, 0.1);
+          const v = randn(len, 0.01, 0.02);
+          const h = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: wd, step };
+          const [p0, m0, v0] = [p.slice(), m.slice(), v.slice()];
+          ref.adamStepInPlace(p0, g, m0, v0, h);
+          forEachIsa((isa) => {
+            const [p1, m1, v1] = [p.slice(), m.slice(), v.slice()];
+            be.adamStepInPlace(p1, g, m1, v1, h);
+            close(p1, p0, FWD, `${isa} adam param`);
+            close(m1, m0, FWD, `${isa} adam m`);
+            close(v1, v0, FWD, `${isa} adam v`);
+          });
+        }
+      }
+      const sgdCases = [
+        { lr: 0.1, momentum: 0, dampening: 0, nesterov: false, weightDecay: 0, firstStep: true },
+        { lr: 0.1, momentum: 0, dampening: 0, nesterov: false, weightDecay: 5e-4, firstStep: false },
+        { lr: 0.1, momentum: 0.9, dampening: 0, nesterov: false, weightDecay: 5e-4, firstStep: true },
+        { lr: 0.1, momentum: 0.9, dampening: 0.1, nesterov: false, weightDecay: 0, firstStep: false },
+        { lr: 0.05, momentum: 0.9, dampening: 0, nesterov: true, weightDecay: 1e-4, firstStep: false },
+      ];
+      for (const h of sgdCases) {
+        const p = randn(len);
+        const g = randn(len);
+        const buf = h.momentum !== 0 ? randn(len) : null;
+        const p0 = p.slice();
+        const b0 = buf ? buf.slice() : null;
+        ref.sgdStepInPlace(p0, g, b0, h);
+        forEachIsa((isa) => {
+          const p1 = p.slice();
+          const b1 = buf ? buf.slice() : null;
+          be.sgdStepInPlace(p1, g, b1, h);
+          close(p1, p0, FWD, `${isa} sgd param ${JSON.stringify(h)}`);
+          if (b1 && b0) close(b1, b0, FWD, `${isa} sgd buffer`);
+        });
+      }
+    }
+  });
+
+  test('results do not depend on the number of threads', () => {
+    const g = convGeom(8, 32, 12, 12, 48, 3, 3, 1, 1, 1, 1, 1);
+    const gs2 = convGeom(8, 32, 12, 12, 48, 3, 3, 2, 2, 1, 1, 1);
+    const gdw = convGeom(8, 32, 12, 12, 32, 3, 3, 1, 1, 1, 1, 32);
+    const x = randn(g.n * g.c * g.h * g.w);
+    const wt = randn(g.o * g.c * 9);
+    const wdw = randn(32 * 9);
+    const dy = randn(g.n * g.o * g.oh * g.ow);
+    const dy2 = randn(gs2.n * gs2.o * gs2.oh * gs2.ow);
+    const dydw = randn(gdw.n * gdw.o * gdw.oh * gdw.ow);
+    const a = randn(300 * 700);
+    const b = randn(700 * 500);
+    const run = (): F32[] => [
+      be.matmul(a, b, 300, 500, 700, false, false),
+      be.matmul(b, a, 500, 300, 700, true, true),
+      be.conv2d(x, wt, null, g),
+      be.conv2dBackwardInput(dy, wt, g),
+      be.conv2dBackwardWeight(dy, x, g),
+      be.conv2dBackwardInput(dy2, wt, gs2),
+      be.conv2dBackwardWeight(dy2, x, gs2),
+      be.conv2d(x, wdw, null, gdw),
+      be.conv2dBackwardInput(dydw, wdw, gdw),
+      be.conv2dBackwardWeight(dydw, x, gdw),
+      be.batchNormTrain(x, null, null, g.n, g.c, g.h * g.w, 1e-5).y,
+      be.batchNormBackward(x, x, new Float32Array(32), new Float32Array(32).fill(1), null, g.n, g.c, g.h * g.w).dx,
+      be.sumChannels(x, g.n, g.c, g.h * g.w),
+    ];
+    try {
+      assert.equal(setNativeThreads(1), 1);
+      const one = run();
+      assert.equal(setNativeThreads(4), 4);
+      const four = run();
+      setNativeThreads(0);
+      const dflt = run();
+      for (let i = 0; i < one.length; i++) {
+        assert.deepEqual(four[i], one[i], `result ${i}: 4 threads vs 1`);
+        assert.deepEqual(dflt[i], one[i], `result ${i}: default threads vs 1`);
+      }
+      // and the GEMM agrees with the reference
+      close(one[0], ref.matmul(a, b, 300, 500, 700, false, false), FWD, 'matmul 300x500x700');
+    } finally {
+      setNativeThreads(0);
+    }
+  });
+
+  test('wrong buffer sizes throw instead of corrupting memory', () => {
+    const g = convGeom(2, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1, 1);
+    assert.throws(() => be.conv2d(new Float32Array(10), randn(4 * 3 * 9), null, g), RangeError);
+    assert.throws(() => be.conv2d(randn(2 * 3 * 25), randn(5), null, g), RangeError);
+    assert.throws(() => be.matmul(new Float32Array(5), new Float32Array(6), 2, 3, 3, false, false), RangeError);
+    assert.throws(() => be.add(new Float32Array(3), new Float32Array(4)), /differ/);
+    assert.throws(() => be.batchNormTrain(new Float32Array(3), null, null, 2, 2, 2, 1e-5), RangeError);
+    const bad = { ...g, oh: 9 };
+    assert.throws(() => be.conv2d(randn(2 * 3 * 25), randn(4 * 3 * 9), null, bad), RangeError);
+  });
+});
