@@ -3,19 +3,27 @@
 import { Tensor } from '../tensor/tensor.js';
 import type { StateDictLike } from '../nn/module.js';
 import { readFile } from 'node:fs/promises';
-import { parseSafetensors, readSafetensorsFile, writeSafetensorsFile, type WritableTensor } from './safetensors.js';
+import { parseSafetensors, readSafetensorsFile, writeSafetensorsFile, type SafetensorsFile, type WritableTensor } from './safetensors.js';
 import { parsePth } from './pth.js';
+
+/**
+ * The tensors of a parsed safetensors file whose names start with `prefix` (the prefix removed),
+ * as float32 tensors; integer entries (e.g. num_batches_tracked) are marked dtype 'int64'.
+ */
+export function tensorsOf(f: SafetensorsFile, prefix = ''): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  for (const [k, t] of f.tensors) {
+    if (!k.startsWith(prefix)) continue;
+    const tt = new Tensor(t.data, t.shape);
+    if (t.sourceDtype === 'I64' || t.sourceDtype === 'I32') tt.dtype = 'int64';
+    out.set(k.slice(prefix.length), tt);
+  }
+  return out;
+}
 
 /** Read a safetensors file into a map of tensors (every dtype converted to float32). */
 export async function loadSafetensors(path: string): Promise<Map<string, Tensor>> {
-  const f = await readSafetensorsFile(path);
-  const out = new Map<string, Tensor>();
-  for (const [k, t] of f.tensors) {
-    const tt = new Tensor(t.data, t.shape);
-    if (t.sourceDtype === 'I64' || t.sourceDtype === 'I32') tt.dtype = 'int64';
-    out.set(k, tt);
-  }
-  return out;
+  return tensorsOf(await readSafetensorsFile(path));
 }
 
 /** Convert tensors for writing: float32 as F32, counters (dtype 'int64') as I64 like PyTorch. */
@@ -70,12 +78,5 @@ export async function loadWeights(path: string): Promise<Map<string, Tensor>> {
 }
 
 function loadSafetensorsBytes(bytes: Uint8Array, source: string): Map<string, Tensor> {
-  const f = parseSafetensors(bytes, source);
-  const out = new Map<string, Tensor>();
-  for (const [k, t] of f.tensors) {
-    const tt = new Tensor(t.data, t.shape);
-    if (t.sourceDtype === 'I64' || t.sourceDtype === 'I32') tt.dtype = 'int64';
-    out.set(k, tt);
-  }
-  return out;
+  return tensorsOf(parseSafetensors(bytes, source));
 }

@@ -18,7 +18,7 @@ import { DataError } from '../data/errors.js';
 import { open } from 'node:fs/promises';
 import { loadPth } from '../io/pth.js';
 import { readSafetensorsFile, writeSafetensorsFile, type RawTensor, type SafetensorsFile, type WritableTensor } from '../io/safetensors.js';
-import { detectWeightsFormat, toWritable } from '../io/weights.js';
+import { detectWeightsFormat, tensorsOf, toWritable } from '../io/weights.js';
 import type { Module } from '../nn/module.js';
 import type { HyperParams, Optimizer, OptimizerStateDict, ParamState } from '../optim/optimizer.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -84,16 +84,6 @@ export async function readWeightsFile(path: string): Promise<SafetensorsFile> {
   }
 }
 
-function toTensors(f: SafetensorsFile, prefix: string): Map<string, Tensor> {
-  const out = new Map<string, Tensor>();
-  for (const [k, t] of f.tensors) {
-    if (!k.startsWith(prefix)) continue;
-    const tt = new Tensor(t.data, t.shape);
-    if (t.sourceDtype === 'I64' || t.sourceDtype === 'I32') tt.dtype = 'int64';
-    out.set(k.slice(prefix.length), tt);
-  }
-  return out;
-}
 
 /** Save the model's weights alone (PyTorch key names). Deterministic bytes for equal weights. */
 export async function saveModelWeights(path: string, net: Module, metadata: Record<string, string> = {}): Promise<void> {
@@ -107,7 +97,7 @@ export async function saveModelWeights(path: string, net: Module, metadata: Reco
 export async function loadModelWeights(path: string, net: Module): Promise<{ fromCheckpoint: boolean; metadata: Record<string, string> }> {
   const f = await readWeightsFile(path);
   const fromCheckpoint = f.metadata.format === CHECKPOINT_FORMAT;
-  const sd = toTensors(f, fromCheckpoint ? 'model.' : '');
+  const sd = tensorsOf(f, fromCheckpoint ? 'model.' : '');
   if (sd.size === 0) throw new DataError(`${path}: contains no tensors; expected model weights`);
   try {
     net.loadStateDict(sd, { strict: true, source: path });
@@ -179,7 +169,7 @@ export async function readCheckpoint<C = unknown, H = unknown>(path: string): Pr
     const [i, step] = entry as [number, number];
     state.set(i, { step, buffers: new Map() });
   }
-  for (const [k, t] of toTensors(f, 'optimizer.')) {
+  for (const [k, t] of tensorsOf(f, 'optimizer.')) {
     const dot = k.indexOf('.');
     const i = Number(k.slice(0, dot));
     const s = state.get(i);
@@ -194,7 +184,7 @@ export async function readCheckpoint<C = unknown, H = unknown>(path: string): Pr
     history: history as H[],
     rng: rng as number[],
     extra: extra ?? {},
-    model: toTensors(f, 'model.'),
+    model: tensorsOf(f, 'model.'),
     optimizerType: opt.type as string,
     optimizer: { state, paramGroups: opt.param_groups as OptimizerStateDict['paramGroups'] },
   };
