@@ -1,9 +1,11 @@
 // `npm run bench`: training and inference throughput, batch-1 latency, GFLOP/s and peak RSS of
 // the three seed models on this machine, side by side with PyTorch (when /usr/bin/python3 has
-// torch) in the same run. Prints a table and writes JSON (default bench/results.json).
+// torch) and onnxruntime-node inference (bench_onnx.ts, when the optional dependency is
+// installed) in the same run. Prints a table and writes JSON (default bench/results.json).
+// Each measurement runs in its own process, one after the other (never two at once).
 //
 //   npm run bench -- [--models mobilenetv1,mobilenetv2,resnet18] [--batch 128] [--threads 2]
-//                    [--train-steps 5] [--no-torch] [--json PATH]
+//                    [--train-steps 5] [--no-torch] [--no-onnx] [--no-arena] [--json PATH]
 import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -22,6 +24,8 @@ const { values: args } = parseArgs({
     'train-steps': { type: 'string', default: '5' },
     'infer-steps': { type: 'string', default: '5' },
     'no-torch': { type: 'boolean', default: false },
+    'no-onnx': { type: 'boolean', default: false },
+    'no-arena': { type: 'boolean', default: false },
     json: { type: 'string', default: path.join(root, 'bench', 'results.json') },
     worker: { type: 'string' },
   },
@@ -64,18 +68,22 @@ async function worker(name: string): Promise<void> {
   if (name === 'gemm') return gemmPeak();
   const cn = await import('../src/index.js');
   const { summary } = await import('../src/models/summary.js');
+  // Steps run inside a step arena (as the trainer's do): outputs are recycled, not collected.
+  const { withArena } = await import('../src/backend/arena.js');
+  const inArena = args['no-arena'] ? (fn: () => void): void => fn() : (fn: () => void): void => withArena(fn);
   cn.manualSeed(0);
   const net = cn.models.create(name);
   const macs = summary(net, [3, 32, 32]).totalMacs;
   const x = cn.tensor(new Float32Array(batch * 3 * 32 * 32).map((_, i) => ((i * 2654435761) % 1000) / 1000), [batch, 3, 32, 32]);
   const y = Array.from({ length: batch }, (_, i) => i % 10);
   const opt = new cn.optim.Adam(net.parameters(), { lr: 1e-3 });
-  const trainStep = (): void => {
-    opt.zeroGrad();
-    const loss = cn.F.crossEntropy(net.forward(x), y);
-    loss.backward();
-    opt.step();
-  };
+  const trainStep = (): void =>
+    inArena(() => {
+      opt.zeroGrad();
+      const loss = cn.F.crossEntropy(net.forward(x), y);
+      loss.backward();
+      opt.step();
+    });
   const timed = (fn: () => void, steps: number, warmup = 1): number => {
     for (let i = 0; i < warmup; i++) fn();
     const t = performance.now();
@@ -85,9 +93,9 @@ async function worker(name: string): Promise<void> {
   net.train();
   const tTrain = timed(trainStep, trainSteps);
   net.eval();
-  const tInfer = cn.noGrad(() => timed(() => void net.forward(x), inferSteps));
+  const tInfer = cn.noGrad(() => timed(() => inArena(() => void net.forward(x).values), inferSteps));
   const x1 = cn.tensor(new Float32Array(3 * 32 * 32).fill(0.5), [1, 3, 32, 32]);
-  const tLat = cn.noGrad(() => timed(() => void net.forward(x1), 20, 3));
+  const tLat = cn.noGrad(() => timed(() => inArena(() => void net.forward(x1).values), 20, 3));
   const r: ModelResult = {
     train_img_s: batch / tTrain,
     infer_img_s: batch / tInfer,
@@ -125,7 +133,7 @@ async function main(): Promise<void> {
   const results: Record<string, Record<string, unknown>> = {};
   let backend = '';
   for (const m of models) {
-    const ours = runJson(process.execPath, [fileURLToPath(import.meta.url), '--worker', m, '--batch', String(batch), '--train-steps', String(trainSteps), '--infer-steps', String(inferSteps)], env);
+    const ours = runJson(process.execPath, [fileURLToPath(import.meta.url), '--worker', m, '--batch', String(batch), '--train-steps', String(trainSteps), '--infer-steps', String(inferSteps), ...(args['no-arena'] ? ['--no-arena'] : [])], env);
     if (ours) backend = String(ours.backend);
     results[m] = { convnets: ours?.result ?? null };
   }
@@ -154,46 +162,72 @@ async function main(): Promise<void> {
       }
     }
   }
+  // onnxruntime-node inference (optional dependency): same input, batch and threads
+  let onnxVersion: string | null = null;
+  if (!args['no-onnx']) {
+    const r = runJson(process.execPath, [path.join(here, 'bench_onnx.js'), '--models', models.join(','), '--batch', String(batch), '--threads', String(threads), '--infer-steps', String(inferSteps)], env);
+    if (r && typeof r.error === 'string') process.stderr.write(`bench: onnxruntime skipped: ${r.error}\n`);
+    else if (r) {
+      onnxVersion = String(r.onnxruntime);
+      const om = r.models as Record<string, { infer_img_s: number; latency_ms: number } | null>;
+      for (const m of models) results[m].onnxruntime = om[m] ?? null;
+    }
+  }
   const out = {
     date: new Date().toISOString(),
     machine: { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memory_gb: Math.round(os.totalmem() / 2 ** 30), node: process.version, platform: `${process.platform}-${process.arch}` },
     settings: { batch, threads, train_steps: trainSteps, infer_steps: inferSteps, input: '3x32x32 (CIFAR-10)', optimizer: 'Adam lr 1e-3' },
     backend,
+    arena: !args['no-arena'],
+    onnxruntime: onnxVersion,
     gemm_peak_gflop_s: gemm ?? null,
     results,
   };
   writeFileSync(args.json!, JSON.stringify(out, null, 2) + '\n');
-  printTable(out.results, withTorch);
+  printTable(out.results, withTorch, onnxVersion !== null);
   if (gemm) process.stdout.write(`\nGEMM peak (1024³ matmul, ${backend}): ${gemm.toFixed(1)} GFLOP/s\n`);
   process.stdout.write(`\nJSON: ${args.json}\n`);
 }
 
-function printTable(results: Record<string, Record<string, unknown>>, withTorch: boolean): void {
+function printTable(results: Record<string, Record<string, unknown>>, withTorch: boolean, withOnnx: boolean): void {
   const f = (v: unknown, d = 1): string => (typeof v === 'number' ? v.toFixed(d) : '—');
-  const rows: string[][] = [['model', 'metric', 'convnets', ...(withTorch ? ['torch (default)', 'torch (tuned)', 'torch (tuned, ch-last)', 'ratio vs best torch'] : [])]];
+  const header = ['model', 'metric', 'convnets'];
+  if (withTorch) header.push('torch (default)', 'torch (tuned)', 'torch (tuned, ch-last)', 'vs best torch');
+  if (withOnnx) header.push('onnxruntime', 'vs onnxruntime');
+  const rows: string[][] = [header];
   for (const [m, r] of Object.entries(results)) {
     const ours = r.convnets as ModelResult | null;
     const tv = ['torch_default', 'torch_tuned', 'torch_tuned_channels_last'].map((k) => r[k] as ModelResult | null);
+    const ort = r.onnxruntime as { infer_img_s: number; latency_ms: number } | null | undefined;
     const metrics: [string, keyof ModelResult, boolean][] = [
       ['train img/s', 'train_img_s', true],
       ['infer img/s', 'infer_img_s', true],
       ['latency ms (b=1)', 'latency_ms', false],
       ['peak RSS MB', 'peak_rss_mb', false],
     ];
+    // ratios > 1 mean convnets is better (faster, or less memory)
+    const ratio = (o: number | undefined, other: number | undefined, higherBetter: boolean): string =>
+      o !== undefined && other !== undefined ? `${(higherBetter ? o / other : other / o).toFixed(2)}×` : '—';
     for (const [label, key, higherBetter] of metrics) {
       const vals = tv.map((t) => (t ? (t[key] as number | undefined) : undefined)).filter((v): v is number => typeof v === 'number');
       const best = vals.length ? (higherBetter ? Math.max(...vals) : Math.min(...vals)) : undefined;
       const o = ours ? (ours[key] as number | undefined) : undefined;
-      const ratio = o !== undefined && best !== undefined ? (higherBetter ? o / best : best / o) : undefined;
-      rows.push([m, label, f(o), ...(withTorch ? [...tv.map((t) => f(t ? t[key] : undefined)), ratio !== undefined ? `${ratio.toFixed(2)}×` : '—'] : [])]);
+      const row = [m, label, f(o)];
+      if (withTorch) row.push(...tv.map((t) => f(t ? t[key] : undefined)), ratio(o, best, higherBetter));
+      if (withOnnx) {
+        const ov = ort && (key === 'infer_img_s' || key === 'latency_ms') ? ort[key] : undefined;
+        row.push(f(ov), ratio(o, ov, higherBetter));
+      }
+      rows.push(row);
     }
     if (ours) {
       const pct = (ours as ModelResult & { train_pct_of_gemm_peak?: number }).train_pct_of_gemm_peak;
-      rows.push([m, 'GFLOP/s train / infer', `${f(ours.train_gflop_s)} / ${f(ours.infer_gflop_s)}${pct ? ` (${pct.toFixed(0)}% of GEMM peak)` : ''}`, ...(withTorch ? ['', '', '', ''] : [])]);
+      rows.push([m, 'GFLOP/s train / infer', `${f(ours.train_gflop_s)} / ${f(ours.infer_gflop_s)}${pct ? ` (${pct.toFixed(0)}% of GEMM peak)` : ''}`, ...new Array<string>(header.length - 3).fill('')]);
     }
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   for (const r of rows) process.stdout.write(r.map((c, i) => c.padEnd(widths[i])).join('  ') + '\n');
+  process.stdout.write('(vs columns: convnets relative to the other, > 1× = convnets faster or smaller)\n');
 }
 
 await main();

@@ -17,8 +17,8 @@
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 1
-#define MAXARGS 12
+#define CN_ADDON_VERSION 3
+#define MAXARGS 16
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
 
@@ -187,6 +187,32 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/* conv2dFused(x, w, b|null, y, geom, mean, scale, shift, res|null, act): y = act(bn(conv) (+ res)) */
+static napi_value js_conv2d_fused(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  cn_conv_geom g;
+  if (!conv_geom(&c, 4, &g)) return NULL;
+  const size_t nx = (size_t)(g.n * g.c * g.h * g.w), nw = (size_t)(g.o * (g.c / g.groups) * g.kh * g.kw);
+  const size_t ny = (size_t)(g.n * g.o * g.oh * g.ow);
+  const float *x = arr(&c, 0, napi_float32_array, nx, 0, "x");
+  const float *w = arr(&c, 1, napi_float32_array, nw, 0, "weight");
+  const float *b = arr(&c, 2, napi_float32_array, (size_t)g.o, 1, "bias");
+  float *y = arr(&c, 3, napi_float32_array, ny, 0, "y");
+  const float *mean = arr(&c, 5, napi_float32_array, (size_t)g.o, 0, "mean");
+  const float *scale = arr(&c, 6, napi_float32_array, (size_t)g.o, 0, "scale");
+  const float *shift = arr(&c, 7, napi_float32_array, (size_t)g.o, 0, "shift");
+  const float *res = arr(&c, 8, napi_float32_array, ny, 1, "residual");
+  const long act = inum(&c, 9);
+  if (!c.failed && act > 2) fail(&c, "convnets native: bad activation code");
+  if (c.failed) return NULL;
+  cn_epilogue e = {b, mean, scale, shift, res, y, 0, (int)act};
+  LOCK();
+  cn_conv2d_epi(x, w, y, &g, &e);
+  UNLOCK();
+  return undef(env);
+}
+
 static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   call_t c;
   if (!start(&c, env, info)) return NULL;
@@ -277,6 +303,73 @@ static napi_value js_bn_backward(napi_env env, napi_callback_info info) {
   if (c.failed) return NULL;
   LOCK();
   cn_bn_backward(dy, x, mean, is, wt, dx, dw, db, n, ch, hw);
+  UNLOCK();
+  return undef(env);
+}
+
+/* bnStats(x, mean, var, invstd, n, c, hw, eps) */
+static napi_value js_bn_stats(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  const long n = inum(&c, 4), ch = inum(&c, 5), hw = inum(&c, 6);
+  const double eps = num(&c, 7);
+  const float *x = arr(&c, 0, napi_float32_array, (size_t)(n * ch * hw), 0, "x");
+  float *mean = arr(&c, 1, napi_float32_array, (size_t)ch, 0, "mean");
+  float *var = arr(&c, 2, napi_float32_array, (size_t)ch, 0, "var");
+  float *is = arr(&c, 3, napi_float32_array, (size_t)ch, 0, "invstd");
+  if (c.failed) return NULL;
+  LOCK();
+  cn_bn_stats(x, mean, var, is, n, ch, hw, eps);
+  UNLOCK();
+  return undef(env);
+}
+
+static int act_arg(call_t *c, size_t i) {
+  const long a = inum(c, i);
+  if (!c->failed && (a < 0 || a > 2)) fail(c, "convnets native: bad activation code");
+  return (int)a;
+}
+
+/* bnApply(x, mean, scale, shift, res|null, y, n, c, hw, act) */
+static napi_value js_bn_apply(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  const long n = inum(&c, 6), ch = inum(&c, 7), hw = inum(&c, 8);
+  const int act = act_arg(&c, 9);
+  const size_t tot = (size_t)(n * ch * hw);
+  const float *x = arr(&c, 0, napi_float32_array, tot, 0, "x");
+  const float *mean = arr(&c, 1, napi_float32_array, (size_t)ch, 0, "mean");
+  const float *scale = arr(&c, 2, napi_float32_array, (size_t)ch, 0, "scale");
+  const float *shift = arr(&c, 3, napi_float32_array, (size_t)ch, 0, "shift");
+  const float *res = arr(&c, 4, napi_float32_array, tot, 1, "residual");
+  float *y = arr(&c, 5, napi_float32_array, tot, 0, "y");
+  if (c.failed) return NULL;
+  LOCK();
+  cn_bn_apply(x, mean, scale, shift, res, y, n, ch, hw, act);
+  UNLOCK();
+  return undef(env);
+}
+
+/* bnBackwardAct(dy, x, mean, invstd, weight|null, scale, shift, dx, dweight, dbias, n, c, hw, act) */
+static napi_value js_bn_backward_act(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  const long n = inum(&c, 10), ch = inum(&c, 11), hw = inum(&c, 12);
+  const int act = act_arg(&c, 13);
+  const size_t tot = (size_t)(n * ch * hw);
+  const float *dy = arr(&c, 0, napi_float32_array, tot, 0, "dy");
+  const float *x = arr(&c, 1, napi_float32_array, tot, 0, "x");
+  const float *mean = arr(&c, 2, napi_float32_array, (size_t)ch, 0, "mean");
+  const float *is = arr(&c, 3, napi_float32_array, (size_t)ch, 0, "invstd");
+  const float *wt = arr(&c, 4, napi_float32_array, (size_t)ch, 1, "weight");
+  const float *scale = arr(&c, 5, napi_float32_array, (size_t)ch, 0, "scale");
+  const float *shift = arr(&c, 6, napi_float32_array, (size_t)ch, 0, "shift");
+  float *dx = arr(&c, 7, napi_float32_array, tot, 0, "dx");
+  float *dw = arr(&c, 8, napi_float32_array, (size_t)ch, 0, "dweight");
+  float *db = arr(&c, 9, napi_float32_array, (size_t)ch, 0, "dbias");
+  if (c.failed) return NULL;
+  LOCK();
+  cn_bn_backward_act(dy, x, mean, is, wt, scale, shift, dx, dw, db, n, ch, hw, act);
   UNLOCK();
   return undef(env);
 }
@@ -612,11 +705,15 @@ NAPI_MODULE_INIT() {
     napi_callback fn;
   } fns[] = {
       {"conv2d", js_conv2d},
+      {"conv2dFused", js_conv2d_fused},
       {"conv2dBackwardInput", js_conv2d_bwd_input},
       {"conv2dBackwardWeight", js_conv2d_bwd_weight},
       {"bnTrain", js_bn_train},
       {"bnEval", js_bn_eval},
       {"bnBackward", js_bn_backward},
+      {"bnStats", js_bn_stats},
+      {"bnApply", js_bn_apply},
+      {"bnBackwardAct", js_bn_backward_act},
       {"elementwise", js_elementwise},
       {"maxPool", js_maxpool},
       {"maxPoolBackward", js_maxpool_bwd},

@@ -48,6 +48,21 @@ void cn_ws_free_all(void);
 
 /* ---- GEMM (gemm.c) ----------------------------------------------------------------------- */
 typedef struct cn_gemm cn_gemm;
+
+/* An epilogue applied to the final values of an output (inference fusion of a convolution with
+ * the batch norm, residual add and ReLU/ReLU6 after it): per row (channel) ch,
+ *   y = act((y (+ bias[ch]) - mean[ch]) * scale[ch] + shift[ch] (+ res))
+ * with exactly the arithmetic of the separate passes. res has the layout of the output
+ * (res_base corresponds to out_base). */
+typedef struct {
+  const float *bias, *mean, *scale, *shift;
+  const float *res_base;
+  const float *out_base;
+  long row0; /* channel of the first row */
+  int act;   /* 0 none, 1 ReLU, 2 ReLU6 */
+} cn_epilogue;
+/* rows [0, rows) of len values at y + r * ldc, channels ch0 + r, in place (kernels.c, ISA dispatched) */
+void cn_epi_rows(const cn_epilogue *e, float *y, long ldc, long rows, long len, long ch0);
 /* Pack rows [i0, i0+len) x depth [k0, k0+kc) of A into ceil(len/MR) panels laid out
  * dst[panel][k][MR] (rows past len zero), or columns [j0, j0+len) x depth of B into panels
  * dst[panel][k][NR]. */
@@ -67,6 +82,7 @@ struct cn_gemm {
   float *c;
   long ldc, seg_len, seg_stride, cs;
   int accumulate; /* add into C instead of overwriting it */
+  const cn_epilogue *epi; /* applied to each tile once its last depth block is stored, or NULL */
 };
 
 typedef struct {
@@ -78,6 +94,7 @@ typedef struct {
 } cn_isa_gemm;
 
 extern cn_isa_gemm cn_gk; /* the selected micro-kernel and blocking */
+extern int cn_isa_id;     /* the selected instruction set: 0 scalar, 1 avx2, 2 avx512, 3 neon */
 const char *cn_isa_name(void);
 /* Select the instruction set: "auto", "avx512", "avx2", "neon" or "scalar". Returns 0 if the
  * request is not supported by this CPU/build (the selection is then unchanged). */
@@ -97,6 +114,8 @@ typedef struct {
 } cn_conv_geom;
 
 void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g);
+/* convolution with an epilogue (epi->bias is the conv bias; epi->out_base == y) */
+void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom *g, const cn_epilogue *epi);
 void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 
@@ -109,6 +128,12 @@ void cn_bn_train(const float *x, const float *wt, const float *bs, float *y, flo
                  long n, long c, long hw, double eps);
 void cn_bn_eval(const float *x, const float *mean, const float *var, const float *wt, const float *bs, float *y,
                 long n, long c, long hw, double eps);
+void cn_bn_stats(const float *x, float *mean, float *var, float *invstd, long n, long c, long hw, double eps);
+void cn_bn_apply(const float *x, const float *mean, const float *scale, const float *shift, const float *res, float *y,
+                 long n, long c, long hw, int act);
+void cn_bn_backward_act(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
+                        const float *ka, const float *kt, float *dx, float *dw, float *db, long n, long c, long hw,
+                        int act);
 void cn_bn_backward(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
                     float *dx, float *dw, float *db, long n, long c, long hw);
 
@@ -140,8 +165,17 @@ void cn_sgd(float *p, const float *g, float *buf, long n, const cn_sgd_hyper *h)
 
 /* Depthwise (channels per group == 1) direct kernels, in kernels.c (ISA dispatched). */
 void cn_dw_forward(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g);
+void cn_dw_forward_epi(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
+                       const cn_epilogue *epi);
 void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
 void cn_dw_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
+
+/* Per-plane inference epilogue of the AVX-512 depthwise kernels: y = act(fma(y - m, k, bt) (+ res)). */
+typedef struct {
+  float m, k, bt;
+  const float *res; /* the plane's residual, or NULL */
+  int act;
+} cn_dw_pepi;
 
 /* AVX-512 depthwise fast path for stride 1, same-width padding (dw_avx512.c). */
 #define CN_DW_MAX_TAPS 49
@@ -153,15 +187,41 @@ typedef struct {
 int cn_dw_s1_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh, long ow);
 int cn_dw_s1_prepare(cn_dw_plan *P, long H, long W, long kh, long kw, long ph, long pw, long oh, long ow);
 void cn_dw_s1_release(cn_dw_plan *P);
-void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P, int accumulate);
+void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P, int accumulate,
+                           const cn_dw_pepi *pe);
 void cn_dw_s1_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
                            const cn_dw_plan *P, double *acc);
 
 int cn_dw_w16_applicable(long W, long kh, long kw, long sh, long sw, long pw, long ow);
 void cn_dw_w16_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W, long ph, long oh,
-                            int accumulate);
+                            int accumulate, const cn_dw_pepi *pe);
 void cn_dw_w16_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count, long H, long W,
                             long ph, long oh, double *acc);
+
+/* AVX-512 depthwise path for small planes (<= 64 values in and out), any stride (dw_avx512.c). */
+typedef struct {
+  long in_size, out_size;
+  int nin, nout, ntaps;
+  int32_t *idx;  /* [nout][ntaps][16] lane sources (mod 32) */
+  uint16_t *mask; /* [nout][ntaps] lanes that read the plane (not padding, not past the output) */
+  uint16_t *hi;   /* [nout][ntaps] lanes whose source is >= 32 */
+} cn_dw_sp_plan;
+int cn_dw_sp_applicable(long in_hw, long out_hw, long ntaps);
+int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh,
+                     long ow, int transposed);
+void cn_dw_sp_release(cn_dw_sp_plan *P);
+void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, float *out, const cn_dw_sp_plan *P,
+                           int accumulate, const cn_dw_pepi *pe);
+void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                           const cn_dw_sp_plan *P, double *acc);
+
+/* AVX-512 depthwise 3x3 stride 2 padding 1 for W % 16 == 0, H even (dw_avx512.c). */
+int cn_dw_s2_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw);
+void cn_dw_s2_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W,
+                           const cn_dw_pepi *pe);
+void cn_dw_s2_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count, long H, long W,
+                           double *acc);
+void cn_dw_s2_dgrad_avx512(const float *dy, const float *wk, float *dx, long H, long W, int accumulate);
 
 /* ISA-dispatched helpers used by several files. */
 void cn_kernels_select(int isa); /* 0 scalar, 1 avx2, 2 avx512, 3 neon */

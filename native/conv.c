@@ -55,10 +55,59 @@ static inline void zero_floats(float *d, long n) {
   for (long i = 0; i < n; i++) d[i] = 0.0f;
 }
 
+#if defined(CN_X86)
+#include <immintrin.h>
+#define CONV_A512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+
+static CONV_A512 inline __mmask16 lanes_upto(long n) {
+  return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+/* The stride-1 im2col row with masked loads and stores: the padding comes from the load mask (no
+ * out-of-plane access), no calls, no branches per element. Short runs (small planes) are the
+ * common case, where the generic copy loops cost more than the data. */
+static CONV_A512 void im2col_row_s1_avx512(const im2col_ctx *s, const float *plane, long ky, long kx, long oy, long ox,
+                                           long len, float *dst) {
+  const long W = s->W, ow = s->ow;
+  while (len > 0) {
+    long run = ow - ox;
+    if (run > len) run = len;
+    const long iy = oy - s->ph + ky;
+    if (iy < 0 || iy >= s->H) {
+      for (long t = 0; t < run; t += 16) _mm512_mask_storeu_ps(dst + t, lanes_upto(run - t), _mm512_setzero_ps());
+    } else {
+      const float *row = plane + iy * W;
+      const long ix0 = ox - s->pw + kx; /* input column of dst[0] */
+      for (long t = 0; t < run; t += 16) {
+        const __mmask16 out = lanes_upto(run - t);
+        /* valid lanes: 0 <= ix0 + t + l < W */
+        const long lo = -(ix0 + t), hi = W - (ix0 + t);
+        const __mmask16 valid = out & (__mmask16)(lanes_upto(hi) & ~lanes_upto(lo));
+        const __m512 v = _mm512_maskz_loadu_ps(valid, row + ix0 + t);
+        if (out == 0xFFFF)
+          _mm512_storeu_ps(dst + t, v);
+        else
+          _mm512_mask_storeu_ps(dst + t, out, v);
+      }
+    }
+    dst += run;
+    len -= run;
+    ox = 0;
+    oy++;
+  }
+}
+#endif
+
 /* dst[0..len) = im2col row (channel plane `plane`, tap (ky, kx)) at output positions starting at
  * (oy, ox), running along rows (all within one image). */
 static void im2col_row(const im2col_ctx *s, const float *plane, long ky, long kx, long oy, long ox, long len,
                        float *dst) {
+#if defined(CN_X86)
+  if (cn_isa_id == 2 && s->sw == 1 && s->sh == 1 && !s->pointwise) {
+    im2col_row_s1_avx512(s, plane, ky, kx, oy, ox, len, dst);
+    return;
+  }
+#endif
   if (s->pointwise) {
     copy_floats(dst, plane + oy * s->ow + ox, len);
     return;
@@ -187,10 +236,17 @@ static void bias_task(void *ctx, long t, int tid) {
   for (long i = 0; i < J->P; i++) p[i] += v;
 }
 
-void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {
+static void conv2d_impl(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
+                        const cn_epilogue *epi) {
   const long cg = g->c / g->groups, og = g->o / g->groups;
   if (cg == 1) {
-    cn_dw_forward(x, w, b, y, g);
+    if (epi) {
+      /* the bias is part of the depthwise accumulation already */
+      cn_epilogue e = *epi;
+      e.bias = NULL;
+      cn_dw_forward_epi(x, w, b, y, g, &e);
+    } else
+      cn_dw_forward(x, w, b, y, g);
     return;
   }
   const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
@@ -203,12 +259,28 @@ void cn_conv2d(const float *x, const float *w, const float *b, float *y, const c
     G.bctx = &s;
     G.seg_len = P;
     G.seg_stride = g->o * P;
+    cn_epilogue e;
+    if (epi) {
+      /* the bias goes into the epilogue (added before the normalisation, as the separate pass) */
+      e = *epi;
+      e.bias = b;
+      e.row0 = gr * og;
+      G.epi = &e;
+    }
     cn_gemm_parallel(&G);
   }
-  if (b) {
+  if (b && !epi) {
     bias_job J = {y, b, P, g->o, g->n};
     cn_parallel(g->n * g->o, bias_task, &J);
   }
+}
+
+void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {
+  conv2d_impl(x, w, b, y, g, NULL);
+}
+
+void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom *g, const cn_epilogue *epi) {
+  conv2d_impl(x, w, epi->bias, y, g, epi);
 }
 
 /* ---- backward input ------------------------------------------------------------------------- */

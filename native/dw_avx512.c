@@ -71,10 +71,23 @@ void cn_dw_s1_release(cn_dw_plan *P) {
 /* address arithmetic that may point outside the plane: only ever used under a lane mask */
 static inline const float *at(const float *p, long off) { return (const float *)((intptr_t)p + off * (long)sizeof(float)); }
 
+/* inference fusion: the batch norm (+ residual, activation) epilogue on a finished output vector
+ * at plane offset `o` (the arithmetic of the separate passes) */
+static A512 inline __m512 pepi(__m512 v, const cn_dw_pepi *pe, long o, __mmask16 valid) {
+  v = _mm512_fmadd_ps(_mm512_sub_ps(v, _mm512_set1_ps(pe->m)), _mm512_set1_ps(pe->k), _mm512_set1_ps(pe->bt));
+  if (pe->res) v = _mm512_add_ps(_mm512_maskz_loadu_ps(valid, pe->res + o), v);
+  if (pe->act) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __mmask16 keep = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    v = _mm512_maskz_mov_ps(keep, pe->act == 2 ? _mm512_min_ps(_mm512_set1_ps(6.0f), v) : v);
+  }
+  return v;
+}
+
 #define LD(q) _mm512_loadu_ps(at(xb, o##q))
 #define MLD(q) _mm512_maskz_loadu_ps(m[q], at(xb, o##q))
 A512 void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P,
-                                int accumulate) {
+                                int accumulate, const cn_dw_pepi *pe) {
   const long nt = P->ntaps;
   if (nt == 9) {
     const __m512 w0 = _mm512_set1_ps(wk[0]), w1 = _mm512_set1_ps(wk[1]), w2 = _mm512_set1_ps(wk[2]);
@@ -98,7 +111,9 @@ A512 void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, flo
         acc = _mm512_mask3_fmadd_ps(w6, LD(6), acc, m[6]);
         acc2 = _mm512_mask3_fmadd_ps(w7, LD(7), acc2, m[7]);
         acc = _mm512_mask3_fmadd_ps(w8, LD(8), acc, m[8]);
-        _mm512_storeu_ps(y + b * 16, _mm512_add_ps(acc, acc2));
+        __m512 v = _mm512_add_ps(acc, acc2);
+        if (pe) v = pepi(v, pe, b * 16, (__mmask16)0xFFFF);
+        _mm512_storeu_ps(y + b * 16, v);
       } else {
         const __mmask16 mo = m[9];
         acc = accumulate ? _mm512_maskz_loadu_ps(mo, y + b * 16) : vb;
@@ -111,7 +126,9 @@ A512 void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, flo
         acc = _mm512_fmadd_ps(w6, MLD(6), acc);
         acc2 = _mm512_fmadd_ps(w7, MLD(7), acc2);
         acc = _mm512_fmadd_ps(w8, MLD(8), acc);
-        _mm512_mask_storeu_ps(y + b * 16, mo, _mm512_add_ps(acc, acc2));
+        __m512 v = _mm512_add_ps(acc, acc2);
+        if (pe) v = pepi(v, pe, b * 16, mo);
+        _mm512_mask_storeu_ps(y + b * 16, mo, v);
       }
     }
     return;
@@ -123,6 +140,7 @@ A512 void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, flo
     __m512 acc = accumulate ? _mm512_maskz_loadu_ps(mo, y + b * 16) : _mm512_set1_ps(bias);
     for (long q = 0; q < nt; q++)
       if (m[q]) acc = _mm512_fmadd_ps(_mm512_set1_ps(wk[q]), _mm512_maskz_loadu_ps(m[q], at(xb, P->off[q])), acc);
+    if (pe) acc = pepi(acc, pe, b * 16, mo);
     _mm512_mask_storeu_ps(y + b * 16, mo, acc);
   }
 }
@@ -214,7 +232,7 @@ int cn_dw_w16_applicable(long W, long kh, long kw, long sh, long sw, long pw, lo
 #define ALIGNR(hi, lo, n) _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), n))
 
 A512 void cn_dw_w16_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W, long ph, long oh,
-                                 int accumulate) {
+                                 int accumulate, const cn_dw_pepi *pe) {
   const long nb = W / 16;
   const __m512 z = _mm512_setzero_ps();
   __m512 w[9];
@@ -247,7 +265,9 @@ A512 void cn_dw_w16_plane_avx512(const float *x, const float *wk, float bias, fl
       acc2 = _mm512_fmadd_ps(w[6], ALIGNR(c2, p2, 15), acc2);
       acc = _mm512_fmadd_ps(w[7], c2, acc);
       acc2 = _mm512_fmadd_ps(w[8], ALIGNR(n2, c2, 1), acc2);
-      _mm512_storeu_ps(yr + 16 * b, _mm512_add_ps(acc, acc2));
+      __m512 v = _mm512_add_ps(acc, acc2);
+      if (pe) v = pepi(v, pe, i * W + 16 * b, (__mmask16)0xFFFF);
+      _mm512_storeu_ps(yr + 16 * b, v);
       p0 = c0;
       p1 = c1;
       p2 = c2;
@@ -314,7 +334,327 @@ A512 void cn_dw_w16_wgrad_avx512(const float *dy, long dy_stride, const float *x
   acc[8] += hsum512(a8);
 }
 
+/* ---- 3x3, stride 2, padding 1, W a multiple of 16 (32x32 -> 16x16, 16x16 -> 8x8) ----------------
+ * Each input row is split into its even and odd columns with two vpermt2ps; output column ox
+ * reads even[ox] (kx = 1), odd[ox] (kx = 2) and odd[ox - 1] (kx = 0, a valignd with the previous
+ * block). The input gradient is the transpose: even dx columns get the kx = 1 taps, odd ones the
+ * kx = 0 and kx = 2 taps, then the two are interleaved back. */
+
+int cn_dw_s2_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw) {
+  return kh == 3 && kw == 3 && sh == 2 && sw == 2 && ph == 1 && pw == 1 && W % 16 == 0 && W >= 16 && H % 2 == 0 &&
+         H >= 2;
+}
+
+static A512 inline void s2_split(const float *row, long b, long W, __m512 *ev, __m512 *od) {
+  /* columns [32b, 32b + 32) (the upper half absent when W = 32b + 16) */
+  const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512 lo = _mm512_loadu_ps(row + 32 * b);
+  const __m512 hi = 32 * b + 16 < W ? _mm512_loadu_ps(row + 32 * b + 16) : _mm512_setzero_ps();
+  *ev = _mm512_permutex2var_ps(lo, ie, hi);
+  *od = _mm512_permutex2var_ps(lo, io, hi);
+}
+
+/* odd[ox - 1] for the block: lane 0 from the previous block's last odd value */
+static A512 inline __m512 s2_left(__m512 od, __m512 prev_od) { return ALIGNR(od, prev_od, 15); }
+
+A512 void cn_dw_s2_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W,
+                                const cn_dw_pepi *pe) {
+  const long oh = H / 2, ow = W / 2, nb = (ow + 15) / 16;
+  const __m512 z = _mm512_setzero_ps();
+  __m512 w[9];
+  for (int q = 0; q < 9; q++) w[q] = _mm512_set1_ps(wk[q]);
+  for (long oy = 0; oy < oh; oy++) {
+    const long r0 = 2 * oy - 1; /* input rows r0, r0 + 1, r0 + 2 (r0 = -1 is padding) */
+    __m512 pod[3] = {z, z, z};
+    for (long b = 0; b < nb; b++) {
+      __m512 acc = _mm512_set1_ps(bias), acc2 = z;
+      for (int ky = 0; ky < 3; ky++) {
+        const long r = r0 + ky;
+        if (r < 0 || r >= H) continue;
+        __m512 ev, od;
+        s2_split(x + r * W, b, W, &ev, &od);
+        const __m512 left = s2_left(od, pod[ky]);
+        pod[ky] = od;
+        acc = _mm512_fmadd_ps(w[3 * ky + 0], left, acc);
+        acc2 = _mm512_fmadd_ps(w[3 * ky + 1], ev, acc2);
+        acc = _mm512_fmadd_ps(w[3 * ky + 2], od, acc);
+      }
+      __m512 v = _mm512_add_ps(acc, acc2);
+      const long o = oy * ow + 16 * b;
+      const __mmask16 m = ow - 16 * b >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ow - 16 * b)) - 1u);
+      if (pe) v = pepi(v, pe, o, m);
+      if (m == 0xFFFF)
+        _mm512_storeu_ps(y + o, v);
+      else
+        _mm512_mask_storeu_ps(y + o, m, v);
+    }
+  }
+}
+
+/* acc[9] += taps of dy (H/2 x W/2) against x (H x W), summed over `count` plane pairs */
+A512 void cn_dw_s2_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count, long H,
+                                long W, double *acc) {
+  const long oh = H / 2, ow = W / 2, nb = (ow + 15) / 16;
+  const __m512 z = _mm512_setzero_ps();
+  __m512 a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z;
+  for (long q = 0; q < count; q++) {
+    const float *xp = x + q * x_stride, *gp = dy + q * dy_stride;
+    for (long oy = 0; oy < oh; oy++) {
+      const long r0 = 2 * oy - 1;
+      __m512 pod0 = z, pod1 = z, pod2 = z;
+      for (long b = 0; b < nb; b++) {
+        const __mmask16 m = ow - 16 * b >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ow - 16 * b)) - 1u);
+        const __m512 g = _mm512_maskz_loadu_ps(m, gp + oy * ow + 16 * b);
+        __m512 ev, od, left;
+        if (r0 >= 0) {
+          s2_split(xp + r0 * W, b, W, &ev, &od);
+          left = s2_left(od, pod0);
+          pod0 = od;
+          a0 = _mm512_fmadd_ps(g, left, a0);
+          a1 = _mm512_fmadd_ps(g, ev, a1);
+          a2 = _mm512_fmadd_ps(g, od, a2);
+        }
+        s2_split(xp + (r0 + 1) * W, b, W, &ev, &od);
+        left = s2_left(od, pod1);
+        pod1 = od;
+        a3 = _mm512_fmadd_ps(g, left, a3);
+        a4 = _mm512_fmadd_ps(g, ev, a4);
+        a5 = _mm512_fmadd_ps(g, od, a5);
+        if (r0 + 2 < H) {
+          s2_split(xp + (r0 + 2) * W, b, W, &ev, &od);
+          left = s2_left(od, pod2);
+          pod2 = od;
+          a6 = _mm512_fmadd_ps(g, left, a6);
+          a7 = _mm512_fmadd_ps(g, ev, a7);
+          a8 = _mm512_fmadd_ps(g, od, a8);
+        }
+      }
+    }
+  }
+  acc[0] += hsum512(a0);
+  acc[1] += hsum512(a1);
+  acc[2] += hsum512(a2);
+  acc[3] += hsum512(a3);
+  acc[4] += hsum512(a4);
+  acc[5] += hsum512(a5);
+  acc[6] += hsum512(a6);
+  acc[7] += hsum512(a7);
+  acc[8] += hsum512(a8);
+}
+
+/* dx (H x W) (=|+=) the input gradient of dy (H/2 x W/2) through the 3x3 stride-2 kernel wk */
+A512 void cn_dw_s2_dgrad_avx512(const float *dy, const float *wk, float *dx, long H, long W, int accumulate) {
+  const long oh = H / 2, ow = W / 2, nb = (ow + 15) / 16;
+  const __m512 z = _mm512_setzero_ps();
+  /* interleave even (lanes of e) and odd (lanes of o) columns back: dx[2m] = e[m], dx[2m+1] = o[m] */
+  const __m512i ilo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i ihi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (long iy = 0; iy < H; iy++) {
+    /* dy rows and kernel rows feeding input row iy = 2 oy - 1 + ky */
+    long oys[2];
+    int kys[2], nr = 0;
+    for (int ky = 0; ky < 3; ky++) {
+      const long t = iy + 1 - ky;
+      if (t >= 0 && t % 2 == 0 && t / 2 < oh) {
+        oys[nr] = t / 2;
+        kys[nr] = ky;
+        nr++;
+      }
+    }
+    float *d = dx + iy * W;
+    for (long b = 0; b < nb; b++) {
+      /* even columns 2m (m = 16b + l): kx = 1 taps of dy[m]; odd columns 2m + 1: kx = 2 taps of
+       * dy[m] and kx = 0 taps of dy[m + 1] */
+      __m512 e = z, o = z;
+      const __mmask16 m = ow - 16 * b >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ow - 16 * b)) - 1u);
+      const __mmask16 mn = ow - 16 * b - 1 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ow - 16 * b - 1)) - 1u);
+      for (int r = 0; r < nr; r++) {
+        const float *gr = dy + oys[r] * ow + 16 * b;
+        const __m512 g = _mm512_maskz_loadu_ps(m, gr);
+        const __m512 gn = _mm512_maskz_loadu_ps(mn, gr + 1); /* dy[m + 1], zero past the row */
+        e = _mm512_fmadd_ps(_mm512_set1_ps(wk[3 * kys[r] + 1]), g, e);
+        o = _mm512_fmadd_ps(_mm512_set1_ps(wk[3 * kys[r] + 2]), g, o);
+        o = _mm512_fmadd_ps(_mm512_set1_ps(wk[3 * kys[r] + 0]), gn, o);
+      }
+      const __m512 lo = _mm512_permutex2var_ps(e, ilo, o), hi = _mm512_permutex2var_ps(e, ihi, o);
+      float *dp = d + 32 * b;
+      if (32 * b + 32 <= W) {
+        _mm512_storeu_ps(dp, accumulate ? _mm512_add_ps(_mm512_loadu_ps(dp), lo) : lo);
+        _mm512_storeu_ps(dp + 16, accumulate ? _mm512_add_ps(_mm512_loadu_ps(dp + 16), hi) : hi);
+      } else { /* W = 32b + 16 */
+        _mm512_storeu_ps(dp, accumulate ? _mm512_add_ps(_mm512_loadu_ps(dp), lo) : lo);
+      }
+    }
+  }
+}
+
+/* ---- small planes (at most 64 values in and out): taps as register permutes --------------------
+ * A plane of up to 64 floats sits in four zmm registers; every output vector of every tap is one
+ * (or, above 32 values, two blended) vpermt2ps of them with a precomputed index, and padding or
+ * out-of-plane lanes are left out of the FMA by a mask. Any stride and padding, and both the
+ * forward mapping (output o reads input o*s - p + k) and the transposed one of the input
+ * gradient (dx at i gathers dy at (i + p - k) / s where that divides), so 8x8, 4x4 and 2x2
+ * layers of any stride avoid the per-plane setup of the general path. */
+
+int cn_dw_sp_applicable(long in_hw, long out_hw, long ntaps) {
+  return in_hw >= 1 && in_hw <= 64 && out_hw >= 1 && out_hw <= 64 && ntaps <= CN_DW_MAX_TAPS;
+}
+
+/* transposed = 0: out (OH x OW) from in (H x W) as a convolution; 1: out (H x W) gathers in (OH x OW)
+ * as the input gradient. Geometry of the forward convolution in both cases. */
+int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh,
+                     long ow, int transposed) {
+  const long ih = transposed ? oh : H, iw = transposed ? ow : W; /* the plane read */
+  const long rh = transposed ? H : oh, rw = transposed ? W : ow; /* the plane written */
+  P->in_size = ih * iw;
+  P->out_size = rh * rw;
+  P->nin = (int)((P->in_size + 15) / 16);
+  P->nout = (int)((P->out_size + 15) / 16);
+  P->ntaps = (int)(kh * kw);
+  const size_t ent = (size_t)P->nout * (size_t)P->ntaps;
+  P->idx = (int32_t *)malloc(sizeof(int32_t) * 16 * ent);
+  P->mask = (uint16_t *)malloc(sizeof(uint16_t) * ent);
+  P->hi = (uint16_t *)malloc(sizeof(uint16_t) * ent);
+  if (!P->idx || !P->mask || !P->hi) {
+    cn_dw_sp_release(P);
+    return 0;
+  }
+  for (long b = 0; b < P->nout; b++)
+    for (long q = 0; q < P->ntaps; q++) {
+      const long ky = q / kw, kx = q % kw;
+      const size_t e = (size_t)b * (size_t)P->ntaps + (size_t)q;
+      uint16_t m = 0, hi = 0;
+      for (int l = 0; l < 16; l++) {
+        const long o = b * 16 + l;
+        long src = -1;
+        if (o < P->out_size) {
+          const long oy = o / rw, ox = o % rw;
+          if (!transposed) {
+            const long iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+            if (iy >= 0 && iy < ih && ix >= 0 && ix < iw) src = iy * iw + ix;
+          } else {
+            const long ty = oy + ph - ky, tx = ox + pw - kx;
+            if (ty >= 0 && tx >= 0 && ty % sh == 0 && tx % sw == 0 && ty / sh < ih && tx / sw < iw)
+              src = (ty / sh) * iw + tx / sw;
+          }
+        }
+        P->idx[e * 16 + (size_t)l] = src >= 0 ? (int32_t)(src & 31) : 0;
+        if (src >= 0) {
+          m |= (uint16_t)(1u << l);
+          if (src >= 32) hi |= (uint16_t)(1u << l);
+        }
+      }
+      P->mask[e] = m;
+      P->hi[e] = hi;
+    }
+  return 1;
+}
+
+void cn_dw_sp_release(cn_dw_sp_plan *P) {
+  free(P->idx);
+  free(P->mask);
+  free(P->hi);
+  P->idx = NULL;
+  P->mask = P->hi = NULL;
+}
+
+static A512 inline __mmask16 sp_tail(long n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+
+/* the plane (size values) in r[0..3], zeros beyond */
+static A512 inline void sp_load(const float *p, long size, __m512 *r) {
+  for (int v = 0; v < 4; v++) {
+    const long left = size - 16 * v;
+    r[v] = left > 0 ? _mm512_maskz_loadu_ps(sp_tail(left), p + 16 * v) : _mm512_setzero_ps();
+  }
+}
+
+/* the tap's values for output block e (lanes outside P->mask are don't-care) */
+static A512 inline __m512 sp_tap(const cn_dw_sp_plan *P, size_t e, const __m512 *r) {
+  const __m512i ix = _mm512_loadu_si512((const void *)(P->idx + e * 16));
+  const __m512 lo = _mm512_permutex2var_ps(r[0], ix, r[1]);
+  if (!P->hi[e]) return lo;
+  return _mm512_mask_blend_ps(P->hi[e], lo, _mm512_permutex2var_ps(r[2], ix, r[3]));
+}
+
+A512 void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, float *out, const cn_dw_sp_plan *P,
+                                int accumulate, const cn_dw_pepi *pe) {
+  __m512 r[4];
+  sp_load(in, P->in_size, r);
+  for (long b = 0; b < P->nout; b++) {
+    const __mmask16 mo = sp_tail(P->out_size - 16 * b);
+    __m512 acc = accumulate ? _mm512_maskz_loadu_ps(mo, out + 16 * b) : _mm512_set1_ps(bias);
+    for (long q = 0; q < P->ntaps; q++) {
+      const size_t e = (size_t)b * (size_t)P->ntaps + (size_t)q;
+      if (!P->mask[e]) continue;
+      acc = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[q]), sp_tap(P, e, r), acc, P->mask[e]);
+    }
+    if (pe) acc = pepi(acc, pe, 16 * b, mo);
+    _mm512_mask_storeu_ps(out + 16 * b, mo, acc);
+  }
+}
+
+/* acc[tap] += sum over `count` plane pairs (dy planes every dy_stride floats, x planes every
+ * x_stride) of dy * x_tap, with the forward plan (dy = its output, x = its input) */
+A512 void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                                const cn_dw_sp_plan *P, double *acc) {
+  const long nt = P->ntaps;
+  for (long q0 = 0; q0 < nt; q0 += 9) {
+    const long q1 = q0 + 9 < nt ? q0 + 9 : nt;
+    __m512 a[9];
+    for (int j = 0; j < 9; j++) a[j] = _mm512_setzero_ps();
+    for (long i = 0; i < count; i++) {
+      __m512 r[4];
+      sp_load(x + i * x_stride, P->in_size, r);
+      const float *gp = dy + i * dy_stride;
+      for (long b = 0; b < P->nout; b++) {
+        const __m512 g = _mm512_maskz_loadu_ps(sp_tail(P->out_size - 16 * b), gp + 16 * b);
+        for (long q = q0; q < q1; q++) {
+          const size_t e = (size_t)b * (size_t)nt + (size_t)q;
+          if (!P->mask[e]) continue;
+          a[q - q0] = _mm512_mask3_fmadd_ps(g, sp_tap(P, e, r), a[q - q0], P->mask[e]);
+        }
+      }
+    }
+    for (long q = q0; q < q1; q++) acc[q] += hsum512(a[q - q0]);
+  }
+}
+
 #else /* not x86-64: never selected */
+int cn_dw_s2_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw) {
+  (void)H, (void)W, (void)kh, (void)kw, (void)sh, (void)sw, (void)ph, (void)pw;
+  return 0;
+}
+void cn_dw_s2_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W,
+                           const cn_dw_pepi *pe) {
+  (void)x, (void)wk, (void)bias, (void)y, (void)H, (void)W, (void)pe;
+}
+void cn_dw_s2_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count, long H, long W,
+                           double *acc) {
+  (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)H, (void)W, (void)acc;
+}
+void cn_dw_s2_dgrad_avx512(const float *dy, const float *wk, float *dx, long H, long W, int accumulate) {
+  (void)dy, (void)wk, (void)dx, (void)H, (void)W, (void)accumulate;
+}
+int cn_dw_sp_applicable(long in_hw, long out_hw, long ntaps) {
+  (void)in_hw, (void)out_hw, (void)ntaps;
+  return 0;
+}
+int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh,
+                     long ow, int transposed) {
+  (void)P, (void)H, (void)W, (void)kh, (void)kw, (void)sh, (void)sw, (void)ph, (void)pw, (void)oh, (void)ow;
+  (void)transposed;
+  return 0;
+}
+void cn_dw_sp_release(cn_dw_sp_plan *P) { (void)P; }
+void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, float *out, const cn_dw_sp_plan *P,
+                           int accumulate, const cn_dw_pepi *pe) {
+  (void)in, (void)wk, (void)bias, (void)out, (void)P, (void)accumulate, (void)pe;
+}
+void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                           const cn_dw_sp_plan *P, double *acc) {
+  (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)P, (void)acc;
+}
 int cn_dw_s1_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh, long ow) {
   (void)H, (void)W, (void)kh, (void)kw, (void)sh, (void)sw, (void)ph, (void)pw, (void)oh, (void)ow;
   return 0;
@@ -329,15 +669,16 @@ int cn_dw_w16_applicable(long W, long kh, long kw, long sh, long sw, long pw, lo
   return 0;
 }
 void cn_dw_w16_plane_avx512(const float *x, const float *wk, float bias, float *y, long H, long W, long ph, long oh,
-                            int accumulate) {
-  (void)x, (void)wk, (void)bias, (void)y, (void)H, (void)W, (void)ph, (void)oh, (void)accumulate;
+                            int accumulate, const cn_dw_pepi *pe) {
+  (void)x, (void)wk, (void)bias, (void)y, (void)H, (void)W, (void)ph, (void)oh, (void)accumulate, (void)pe;
 }
 void cn_dw_w16_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count, long H, long W,
                             long ph, long oh, double *acc) {
   (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)H, (void)W, (void)ph, (void)oh, (void)acc;
 }
-void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P, int accumulate) {
-  (void)x, (void)wk, (void)bias, (void)y, (void)P, (void)accumulate;
+void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P, int accumulate,
+                           const cn_dw_pepi *pe) {
+  (void)x, (void)wk, (void)bias, (void)y, (void)P, (void)accumulate, (void)pe;
 }
 void cn_dw_s1_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
                            const cn_dw_plan *P, double *acc) {

@@ -112,6 +112,186 @@ AVX512_ATTR static void ukr_avx512_8x32(long kc, const float *CN_RESTRICT a, con
 #undef ST512
 }
 
+/* The 8 x 32 tile stored as 32 / w pieces of w columns (w = 4, 8 or 16), piece t of row r at
+ * dst[t] + r * ldc: convolution outputs whose images (segments) are shorter than the tile (4x4,
+ * 2x2 planes), where the general path would go through a scratch tile and scalar copies.
+ * Optional inference epilogue as ukr_avx512_8x32_epi (res: the residual pieces, same layout).
+ * Same arithmetic as the other 8 x 32 kernels. */
+AVX512_ATTR static inline __m512 load_pieces(float *const *p, int t0, int w, long off) {
+  if (w == 16) return _mm512_loadu_ps(p[t0] + off);
+  __m512 v = _mm512_setzero_ps();
+  if (w == 8) {
+    v = _mm512_insertf32x8(v, _mm256_loadu_ps(p[t0] + off), 0);
+    return _mm512_insertf32x8(v, _mm256_loadu_ps(p[t0 + 1] + off), 1);
+  }
+  v = _mm512_insertf32x4(v, _mm_loadu_ps(p[t0] + off), 0);
+  v = _mm512_insertf32x4(v, _mm_loadu_ps(p[t0 + 1] + off), 1);
+  v = _mm512_insertf32x4(v, _mm_loadu_ps(p[t0 + 2] + off), 2);
+  return _mm512_insertf32x4(v, _mm_loadu_ps(p[t0 + 3] + off), 3);
+}
+AVX512_ATTR static inline void store_pieces(float *const *p, int t0, int w, long off, __m512 v) {
+  if (w == 16) {
+    _mm512_storeu_ps(p[t0] + off, v);
+  } else if (w == 8) {
+    _mm256_storeu_ps(p[t0] + off, _mm512_extractf32x8_ps(v, 0));
+    _mm256_storeu_ps(p[t0 + 1] + off, _mm512_extractf32x8_ps(v, 1));
+  } else {
+    _mm_storeu_ps(p[t0] + off, _mm512_extractf32x4_ps(v, 0));
+    _mm_storeu_ps(p[t0 + 1] + off, _mm512_extractf32x4_ps(v, 1));
+    _mm_storeu_ps(p[t0 + 2] + off, _mm512_extractf32x4_ps(v, 2));
+    _mm_storeu_ps(p[t0 + 3] + off, _mm512_extractf32x4_ps(v, 3));
+  }
+}
+
+AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_pieces(long kc, const float *CN_RESTRICT a,
+                                                                         const float *CN_RESTRICT b, float *const *dst,
+                                                                         float *const *res, int w, long ldc,
+                                                                         int overwrite, const cn_epilogue *e,
+                                                                         long ch0) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
+  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
+  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
+  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+  __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+#define STEP512(off)                                                                                                   \
+  do {                                                                                                                 \
+    const __m512 b0 = _mm512_load_ps(b + (off)*32), b1 = _mm512_load_ps(b + (off)*32 + 16);                          \
+    const float *ak = a + (off)*8;                                                                                     \
+    __m512 av;                                                                                                         \
+    av = _mm512_set1_ps(ak[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);              \
+    av = _mm512_set1_ps(ak[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);              \
+    av = _mm512_set1_ps(ak[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);              \
+    av = _mm512_set1_ps(ak[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);              \
+    av = _mm512_set1_ps(ak[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);              \
+    av = _mm512_set1_ps(ak[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);              \
+    av = _mm512_set1_ps(ak[6]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61);              \
+    av = _mm512_set1_ps(ak[7]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);              \
+  } while (0)
+  long k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch((const char *)(b + 32 * 8), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 8 + 16), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 10), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 10 + 16), _MM_HINT_T0);
+    STEP512(0);
+    STEP512(1);
+    STEP512(2);
+    STEP512(3);
+    a += 32;
+    b += 128;
+  }
+  for (; k < kc; k++) {
+    STEP512(0);
+    a += 8;
+    b += 32;
+  }
+#undef STEP512
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+  const int np = 16 / w; /* pieces per half */
+#define STP(r, h, v)                                                                                                   \
+  do {                                                                                                                 \
+    __m512 t_ = v;                                                                                                     \
+    if (!overwrite) t_ = _mm512_add_ps(load_pieces(dst, (h)*np, w, (r)*ldc), t_);                                      \
+    if (e) {                                                                                                           \
+      if (e->bias) t_ = _mm512_add_ps(t_, _mm512_set1_ps(e->bias[ch0 + (r)]));                                         \
+      t_ = _mm512_fmadd_ps(_mm512_sub_ps(t_, _mm512_set1_ps(e->mean[ch0 + (r)])), _mm512_set1_ps(e->scale[ch0 + (r)]), \
+                           _mm512_set1_ps(e->shift[ch0 + (r)]));                                                      \
+      if (res) t_ = _mm512_add_ps(load_pieces(res, (h)*np, w, (r)*ldc), t_);                                           \
+      if (e->act) {                                                                                                    \
+        const __mmask16 k_ = _mm512_cmp_ps_mask(t_, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(t_, t_, _CMP_UNORD_Q);      \
+        t_ = _mm512_maskz_mov_ps(k_, e->act == 2 ? _mm512_min_ps(six, t_) : t_);                                       \
+      }                                                                                                                \
+    }                                                                                                                  \
+    store_pieces(dst, (h)*np, w, (r)*ldc, t_);                                                                         \
+  } while (0)
+  STP(0, 0, c00); STP(0, 1, c01);
+  STP(1, 0, c10); STP(1, 1, c11);
+  STP(2, 0, c20); STP(2, 1, c21);
+  STP(3, 0, c30); STP(3, 1, c31);
+  STP(4, 0, c40); STP(4, 1, c41);
+  STP(5, 0, c50); STP(5, 1, c51);
+  STP(6, 0, c60); STP(6, 1, c61);
+  STP(7, 0, c70); STP(7, 1, c71);
+#undef STP
+}
+
+/* The same 8 x 32 tile with the inference epilogue applied in registers before the single store:
+ * v = acc (+ C if accumulating) (+ bias); v = fma(v - m, k, bt) (CN_BN_VAL); (+ res); act. */
+AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_epi(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c,
+                                            long ldc, int overwrite, const cn_epilogue *e, long ch0,
+                                            const float *res) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
+  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
+  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
+  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+  __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+#define STEP512(off)                                                                                                   \
+  do {                                                                                                                 \
+    const __m512 b0 = _mm512_load_ps(b + (off)*32), b1 = _mm512_load_ps(b + (off)*32 + 16);                          \
+    const float *ak = a + (off)*8;                                                                                     \
+    __m512 av;                                                                                                         \
+    av = _mm512_set1_ps(ak[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);              \
+    av = _mm512_set1_ps(ak[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);              \
+    av = _mm512_set1_ps(ak[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);              \
+    av = _mm512_set1_ps(ak[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);              \
+    av = _mm512_set1_ps(ak[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);              \
+    av = _mm512_set1_ps(ak[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);              \
+    av = _mm512_set1_ps(ak[6]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61);              \
+    av = _mm512_set1_ps(ak[7]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);              \
+  } while (0)
+  long k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch((const char *)(b + 32 * 8), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 8 + 16), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 10), _MM_HINT_T0);
+    _mm_prefetch((const char *)(b + 32 * 10 + 16), _MM_HINT_T0);
+    STEP512(0);
+    STEP512(1);
+    STEP512(2);
+    STEP512(3);
+    a += 32;
+    b += 128;
+  }
+  for (; k < kc; k++) {
+    STEP512(0);
+    a += 8;
+    b += 32;
+  }
+#undef STEP512
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+  const int act = e->act;
+#define EPI1(r, h, v)                                                                                                  \
+  do {                                                                                                                 \
+    float *cr_ = c + (r)*ldc + 16 * (h);                                                                               \
+    __m512 t_ = v;                                                                                                     \
+    if (!overwrite) t_ = _mm512_add_ps(_mm512_loadu_ps(cr_), t_);                                                      \
+    if (e->bias) t_ = _mm512_add_ps(t_, _mm512_set1_ps(e->bias[ch0 + (r)]));                                           \
+    t_ = _mm512_fmadd_ps(_mm512_sub_ps(t_, _mm512_set1_ps(e->mean[ch0 + (r)])), _mm512_set1_ps(e->scale[ch0 + (r)]),  \
+                         _mm512_set1_ps(e->shift[ch0 + (r)]));                                                        \
+    if (res) t_ = _mm512_add_ps(_mm512_loadu_ps(res + (r)*ldc + 16 * (h)), t_);                                        \
+    if (act) {                                                                                                         \
+      const __mmask16 k_ = _mm512_cmp_ps_mask(t_, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(t_, t_, _CMP_UNORD_Q);        \
+      t_ = _mm512_maskz_mov_ps(k_, act == 2 ? _mm512_min_ps(six, t_) : t_); /* min(6, NaN) is NaN */                   \
+    }                                                                                                                  \
+    _mm512_storeu_ps(cr_, t_);                                                                                         \
+  } while (0)
+  EPI1(0, 0, c00); EPI1(0, 1, c01);
+  EPI1(1, 0, c10); EPI1(1, 1, c11);
+  EPI1(2, 0, c20); EPI1(2, 1, c21);
+  EPI1(3, 0, c30); EPI1(3, 1, c31);
+  EPI1(4, 0, c40); EPI1(4, 1, c41);
+  EPI1(5, 0, c50); EPI1(5, 1, c51);
+  EPI1(6, 0, c60); EPI1(6, 1, c61);
+  EPI1(7, 0, c70); EPI1(7, 1, c71);
+#undef EPI1
+}
+
 /* AVX2 + FMA: 6 x 16 tile, 12 ymm accumulators. */
 #define AVX2_ATTR __attribute__((target("avx2,fma")))
 AVX2_ATTR static void ukr_avx2_6x16(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c,
@@ -215,6 +395,7 @@ static void ukr_neon_8x12(long kc, const float *CN_RESTRICT a, const float *CN_R
 
 cn_isa_gemm cn_gk = {"scalar", 4, 8, 256, 128, 512, ukr_scalar_4x8};
 static int g_isa_selected = 0;
+int cn_isa_id = 0;
 
 static long env_long(const char *name, long def) {
   const char *e = getenv(name);
@@ -280,6 +461,7 @@ int cn_select_isa(const char *name) {
 #endif
   set_blocking(&k);
   cn_gk = k;
+  cn_isa_id = kid;
   cn_kernels_select(kid);
   g_isa_selected = 1;
   return 1;
@@ -423,6 +605,19 @@ static void store_tile_general(const cn_gemm *g, const float *tmp, long i, long 
   }
 }
 
+/* Apply the epilogue to the (final) tile at (i, j), mr x nr. */
+static void epi_tile(const cn_gemm *g, long i, long j, int mr, int nr) {
+  long jj = j, done = 0;
+  while (done < nr) {
+    const long seg = jj / g->seg_len, off = jj % g->seg_len;
+    long run = g->seg_len - off;
+    if (run > nr - done) run = nr - done;
+    cn_epi_rows(g->epi, g->c + seg * g->seg_stride + i * g->ldc + off, g->ldc, mr, run, g->epi->row0 + i);
+    done += run;
+    jj += run;
+  }
+}
+
 /* Column block: NC for deep products; wider for shallow ones (pointwise convolutions with few
  * channels) so the packed B block keeps about the same L2 footprint. */
 long cn_gemm_nc(long K) {
@@ -468,6 +663,7 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
     for (long pc = 0; pc < K; pc += KC) {
       const long kc = K - pc < KC ? K - pc : KC;
       const int overwrite = (pc == 0) && !g->accumulate;
+      const int last = g->epi && pc + kc >= K;
       g->pack_b(g, jc, nc, pc, kc, bufB, tid);
       for (long ic = m0; ic < m1; ic += MC) {
         const long mc = m1 - ic < MC ? m1 - ic : MC;
@@ -488,11 +684,37 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
             const long j = jc + jr;
             const long seg = j / g->seg_len, off = j % g->seg_len;
             if (mr == MR && nr == NR && g->cs == 1 && off + NR <= g->seg_len) {
-              cn_gk.ukr(kc, ap, bp, g->c + seg * g->seg_stride + off + i * g->ldc, g->ldc, overwrite);
-            } else {
+              float *cp = g->c + seg * g->seg_stride + off + i * g->ldc;
+#if defined(CN_X86)
+              if (last && cn_gk.ukr == ukr_avx512_8x32) {
+                const float *rp = g->epi->res_base ? g->epi->res_base + (cp - g->epi->out_base) : NULL;
+                ukr_avx512_8x32_epi(kc, ap, bp, cp, g->ldc, overwrite, g->epi, g->epi->row0 + i, rp);
+                continue;
+              }
+#endif
+              cn_gk.ukr(kc, ap, bp, cp, g->ldc, overwrite);
+            }
+#if defined(CN_X86)
+            else if (mr == MR && nr == NR && g->cs == 1 && cn_gk.ukr == ukr_avx512_8x32 && g->seg_len % 4 == 0 &&
+                     off % 4 == 0) {
+              /* the tile spans several segments (images shorter than the tile): whole pieces */
+              const int w = (g->seg_len % 16 == 0 && off % 16 == 0) ? 16 : (g->seg_len % 8 == 0 && off % 8 == 0) ? 8 : 4;
+              float *dst[8], *rsd[8];
+              for (int t = 0; t < 32 / w; t++) {
+                const long jt = j + (long)t * w;
+                dst[t] = g->c + (jt / g->seg_len) * g->seg_stride + jt % g->seg_len + i * g->ldc;
+                if (last && g->epi->res_base) rsd[t] = (float *)g->epi->res_base + (dst[t] - g->epi->out_base);
+              }
+              ukr_avx512_8x32_pieces(kc, ap, bp, dst, last && g->epi->res_base ? rsd : NULL, w, g->ldc, overwrite,
+                                     last ? g->epi : NULL, last ? g->epi->row0 + i : 0);
+              continue;
+            }
+#endif
+            else {
               cn_gk.ukr(kc, ap, bp, tmp, NR, 1);
               store_tile_general(g, tmp, i, j, mr, nr, overwrite);
             }
+            if (last) epi_tile(g, i, j, mr, nr);
           }
         }
       }

@@ -15,6 +15,16 @@ typedef struct {
   void (*dot2)(const float *dy, const float *x, long n, float m, float *sdy, float *sdyx);
   void (*bn_apply)(const float *p, float *q, long hw, float m, float k, float bt);
   void (*bn_bw_apply)(const float *g, const float *x, float *d, long hw, float m, float k, float mdy, float q);
+  void (*bn_apply_act)(const float *p, const float *r, float *q, long hw, float m, float k, float bt, int act);
+  void (*epi_rows)(float *y, const float *res, long ldc, long rows, long n, long ch0, const float *bias,
+                   const float *mean, const float *scale, const float *shift, int act);
+  void (*stats_planes)(const float *x, long hw, long count, long stride, double *cnt, double *mean, double *m2);
+  void (*dot2_planes)(const float *dy, const float *x, long hw, long count, long stride, float m, float k, float bt,
+                      int act, double *sdy, double *sdyx);
+  void (*dot2_act)(const float *dy, const float *x, long n, float m, float k, float bt, int act, float *sdy,
+                   float *sdyx);
+  void (*bn_bw_apply_act)(const float *dy, const float *x, float *d, long hw, float m, float kb, float mdy, float q,
+                          float ka, float bt, int act);
   void (*ew)(int op, const float *a, const float *b, float *y, long n, float s);
   void (*add_inplace)(float *acc, const float *a, long n);
   void (*adam)(float *p, const float *g, float *m, float *v, long n, float b1, float b2, float omb1, float omb2, float wd,
@@ -90,6 +100,11 @@ static inline void ensure_k(void) {
   if (!K_ready) cn_isa_name(); /* selects the ISA and fills the table */
 }
 
+void cn_epi_rows(const cn_epilogue *e, float *y, long ldc, long rows, long len, long ch0) {
+  const float *r = e->res_base ? e->res_base + (y - e->out_base) : NULL;
+  K.epi_rows(y, r, ldc, rows, len, ch0, e->bias, e->mean, e->scale, e->shift, e->act);
+}
+
 void cn_transpose_pack(const float *const *rows, int nrows, long len, float *dst, int stride) {
   ensure_k();
   K.transpose_pack(rows, nrows, len, dst, stride);
@@ -130,41 +145,26 @@ void cn_elementwise(int op, const float *a, const float *b, float *y, long n, fl
 }
 
 /* ---- batch norm ------------------------------------------------------------------------------
- * Statistics are gathered in memory order: the batch is cut into a fixed number of chunks
- * (independent of the thread count, so results are deterministic), each chunk accumulates
- * per-channel partials in double (Chan's combination of per-plane mean/M2 for the variance),
- * and the chunks are combined in order. The normalisation is a second streaming pass. */
-
-#define BN_MAX_CHUNKS 16
+ * Statistics are gathered per channel (a task per group of channels), walking the channel's
+ * planes in image order; per-group mean/M2 are combined in double (Chan), so results are
+ * deterministic whatever the thread count (kernels_isa.h: stats_planes, dot2_planes). The
+ * normalisation (optionally fused with a residual add and ReLU/ReLU6) is a streaming pass over
+ * planes; the backward does its reduction and its apply pass per channel group while the
+ * channel's planes are in L2. */
 
 typedef struct {
   const float *x, *dy, *wt, *bs, *mean, *var, *invstd;
   float *y;
-  long n, c, hw, nchunks, planes_per_task;
-  double *pa, *pb;       /* partials [chunk][c] */
+  long n, c, hw, planes_per_task;
+  double *pa, *pb;       /* per-channel results of the statistics pass */
   const float *km, *kk, *kb, *kq; /* per-channel coefficients of the apply pass */
+  const float *res;               /* residual added before the activation (apply), or NULL */
+  const float *ka, *kt;           /* forward scale and shift (fused activation backward) */
+  int act;                        /* 0 none, 1 ReLU, 2 ReLU6 */
+  float *dw, *db;                 /* parameter gradients (backward) */
+  long cpt;                       /* channels per task (per-channel backward) */
 } bn_job;
 
-static long bn_chunk_lo(const bn_job *J, long i) { return i * J->n / J->nchunks; }
-
-static void bn_stats_task(void *ctx, long ch, int tid) {
-  (void)tid;
-  const bn_job *J = (const bn_job *)ctx;
-  double *mean = J->pa + ch * J->c, *m2 = J->pb + ch * J->c;
-  const long n0 = bn_chunk_lo(J, ch), n1 = bn_chunk_lo(J, ch + 1);
-  for (long ci = 0; ci < J->c; ci++) mean[ci] = m2[ci] = 0.0;
-  for (long ni = n0; ni < n1; ni++) {
-    const double cnt = (double)(ni - n0) * (double)J->hw, nb = (double)J->hw, tot = cnt + nb;
-    const float *p = J->x + ni * J->c * J->hw;
-    for (long ci = 0; ci < J->c; ci++, p += J->hw) {
-      float sm, sq;
-      K.seg_stats(p, J->hw, &sm, &sq);
-      const double delta = (double)sm - mean[ci];
-      mean[ci] += delta * nb / tot;
-      m2[ci] += (double)sq + delta * delta * cnt * nb / tot;
-    }
-  }
-}
 
 static void bn_apply_task(void *ctx, long t, int tid) {
   (void)tid;
@@ -172,41 +172,21 @@ static void bn_apply_task(void *ctx, long t, int tid) {
   const long p0 = t * J->planes_per_task;
   long p1 = p0 + J->planes_per_task;
   if (p1 > J->n * J->c) p1 = J->n * J->c;
-  for (long pl = p0; pl < p1; pl++) {
-    const long ci = pl % J->c;
-    K.bn_apply(J->x + pl * J->hw, J->y + pl * J->hw, J->hw, J->km[ci], J->kk[ci], J->kb[ci]);
-  }
-}
-
-static void bn_bw_stats_task(void *ctx, long ch, int tid) {
-  (void)tid;
-  const bn_job *J = (const bn_job *)ctx;
-  double *sdy = J->pa + ch * J->c, *sdyx = J->pb + ch * J->c;
-  const long n0 = bn_chunk_lo(J, ch), n1 = bn_chunk_lo(J, ch + 1);
-  for (long ci = 0; ci < J->c; ci++) sdy[ci] = sdyx[ci] = 0.0;
-  for (long ni = n0; ni < n1; ni++) {
-    const long off = ni * J->c * J->hw;
-    for (long ci = 0; ci < J->c; ci++) {
-      float a, b;
-      K.dot2(J->dy + off + ci * J->hw, J->x + off + ci * J->hw, J->hw, J->mean[ci], &a, &b);
-      sdy[ci] += a;
-      sdyx[ci] += b;
+  if (J->act == 0 && !J->res) {
+    for (long pl = p0; pl < p1; pl++) {
+      const long ci = pl % J->c;
+      K.bn_apply(J->x + pl * J->hw, J->y + pl * J->hw, J->hw, J->km[ci], J->kk[ci], J->kb[ci]);
     }
+    return;
+  }
+  for (long pl = p0; pl < p1; pl++) {
+    const long ci = pl % J->c;
+    K.bn_apply_act(J->x + pl * J->hw, J->res ? J->res + pl * J->hw : NULL, J->y + pl * J->hw, J->hw, J->km[ci],
+                   J->kk[ci], J->kb[ci], J->act);
   }
 }
 
-static void bn_bw_apply_task(void *ctx, long t, int tid) {
-  (void)tid;
-  const bn_job *J = (const bn_job *)ctx;
-  const long p0 = t * J->planes_per_task;
-  long p1 = p0 + J->planes_per_task;
-  if (p1 > J->n * J->c) p1 = J->n * J->c;
-  for (long pl = p0; pl < p1; pl++) {
-    const long ci = pl % J->c;
-    K.bn_bw_apply(J->dy + pl * J->hw, J->x + pl * J->hw, J->y + pl * J->hw, J->hw, J->km[ci], J->kk[ci], J->kb[ci],
-                  J->kq[ci]);
-  }
-}
+
 
 /* run tasks on the pool, or inline when the tensor is small */
 static void run_tasks(long ntasks, cn_task_fn fn, void *ctx, long elements) {
@@ -221,8 +201,48 @@ static long apply_planes_per_task(long hw) {
   return p < 1 ? 1 : p;
 }
 
-void cn_bn_train(const float *x, const float *wt, const float *bs, float *y, float *mean, float *var, float *invstd,
-                 long n, long c, long hw, double eps) {
+/* batch statistics: mean, biased variance and invstd per channel. One task per group of
+ * channels, each walking its channels' planes in image order (deterministic). */
+static void bn_stats_chan_task(void *ctx, long t, int tid) {
+  (void)tid;
+  const bn_job *J = (const bn_job *)ctx;
+  const long c0 = t * J->cpt, c1 = c0 + J->cpt < J->c ? c0 + J->cpt : J->c;
+  for (long ci = c0; ci < c1; ci++) {
+    double cnt = 0.0, m = 0.0, m2 = 0.0;
+    K.stats_planes(J->x + ci * J->hw, J->hw, J->n, J->c * J->hw, &cnt, &m, &m2);
+    J->pa[ci] = m;
+    J->pb[ci] = cnt > 0 ? m2 / cnt : 0.0;
+  }
+}
+
+void cn_bn_stats(const float *x, float *mean, float *var, float *invstd, long n, long c, long hw, double eps) {
+  ensure_k();
+  bn_job J;
+  memset(&J, 0, sizeof(J));
+  J.x = x;
+  J.n = n;
+  J.c = c;
+  J.hw = hw;
+  double *part = (double *)malloc(sizeof(double) * (size_t)(2 * c + 1));
+  if (!part) abort();
+  J.pa = part;
+  J.pb = part + c;
+  const int T = cn_num_threads();
+  J.cpt = (c + 4L * T - 1) / (4L * T);
+  if (J.cpt < 1) J.cpt = 1;
+  run_tasks((c + J.cpt - 1) / J.cpt, bn_stats_chan_task, &J, n * c * hw);
+  for (long ci = 0; ci < c; ci++) {
+    const double v = J.pb[ci];
+    mean[ci] = (float)J.pa[ci];
+    var[ci] = (float)v;
+    invstd[ci] = (float)(1.0 / sqrt(v + eps));
+  }
+  free(part);
+}
+
+/* y = act((x - mean) * scale + shift (+ res)) per channel */
+void cn_bn_apply(const float *x, const float *mean, const float *scale, const float *shift, const float *res, float *y,
+                 long n, long c, long hw, int act) {
   ensure_k();
   bn_job J;
   memset(&J, 0, sizeof(J));
@@ -231,111 +251,115 @@ void cn_bn_train(const float *x, const float *wt, const float *bs, float *y, flo
   J.n = n;
   J.c = c;
   J.hw = hw;
-  J.nchunks = n < BN_MAX_CHUNKS ? n : BN_MAX_CHUNKS;
-  if (J.nchunks < 1) J.nchunks = 1;
-  double *part = (double *)malloc(sizeof(double) * (size_t)(2 * J.nchunks * c + 1));
-  float *coef = (float *)malloc(sizeof(float) * (size_t)(3 * c + 1));
-  if (!part || !coef) abort();
-  J.pa = part;
-  J.pb = part + J.nchunks * c;
-  run_tasks(J.nchunks, bn_stats_task, &J, n * c * hw);
-  for (long ci = 0; ci < c; ci++) {
-    double cnt = 0.0, m = 0.0, m2 = 0.0;
-    for (long ch = 0; ch < J.nchunks; ch++) {
-      const double nb = (double)(bn_chunk_lo(&J, ch + 1) - bn_chunk_lo(&J, ch)) * (double)hw;
-      if (nb == 0) continue;
-      const double tot = cnt + nb, d = J.pa[ch * c + ci] - m;
-      m += d * nb / tot;
-      m2 += J.pb[ch * c + ci] + d * d * cnt * nb / tot;
-      cnt = tot;
-    }
-    const double v = cnt > 0 ? m2 / cnt : 0.0;
-    const double is = 1.0 / sqrt(v + eps);
-    mean[ci] = (float)m;
-    var[ci] = (float)v;
-    invstd[ci] = (float)is;
-    coef[ci] = (float)m;
-    coef[c + ci] = (float)is * (wt ? wt[ci] : 1.0f);
-    coef[2 * c + ci] = bs ? bs[ci] : 0.0f;
-  }
-  J.km = coef;
-  J.kk = coef + c;
-  J.kb = coef + 2 * c;
+  J.km = mean;
+  J.kk = scale;
+  J.kb = shift;
+  J.res = res;
+  J.act = act;
   J.planes_per_task = apply_planes_per_task(hw);
   run_tasks((n * c + J.planes_per_task - 1) / J.planes_per_task, bn_apply_task, &J, n * c * hw);
-  free(part);
+}
+
+void cn_bn_train(const float *x, const float *wt, const float *bs, float *y, float *mean, float *var, float *invstd,
+                 long n, long c, long hw, double eps) {
+  cn_bn_stats(x, mean, var, invstd, n, c, hw, eps);
+  float *coef = (float *)malloc(sizeof(float) * (size_t)(2 * c + 1));
+  if (!coef) abort();
+  for (long ci = 0; ci < c; ci++) {
+    coef[ci] = invstd[ci] * (wt ? wt[ci] : 1.0f);
+    coef[c + ci] = bs ? bs[ci] : 0.0f;
+  }
+  cn_bn_apply(x, mean, coef, coef + c, NULL, y, n, c, hw, 0);
   free(coef);
 }
 
 void cn_bn_eval(const float *x, const float *mean, const float *var, const float *wt, const float *bs, float *y, long n,
                 long c, long hw, double eps) {
-  ensure_k();
-  bn_job J;
-  memset(&J, 0, sizeof(J));
-  float *coef = (float *)malloc(sizeof(float) * (size_t)(3 * c + 1));
+  float *coef = (float *)malloc(sizeof(float) * (size_t)(2 * c + 1));
   if (!coef) abort();
   for (long ci = 0; ci < c; ci++) {
-    coef[ci] = mean[ci];
-    coef[c + ci] = (float)(1.0 / sqrt((double)var[ci] + eps)) * (wt ? wt[ci] : 1.0f);
-    coef[2 * c + ci] = bs ? bs[ci] : 0.0f;
+    coef[ci] = (float)(1.0 / sqrt((double)var[ci] + eps)) * (wt ? wt[ci] : 1.0f);
+    coef[c + ci] = bs ? bs[ci] : 0.0f;
   }
-  J.x = x;
-  J.y = y;
-  J.n = n;
-  J.c = c;
-  J.hw = hw;
-  J.km = coef;
-  J.kk = coef + c;
-  J.kb = coef + 2 * c;
-  J.planes_per_task = apply_planes_per_task(hw);
-  run_tasks((n * c + J.planes_per_task - 1) / J.planes_per_task, bn_apply_task, &J, n * c * hw);
+  cn_bn_apply(x, mean, coef, coef + c, NULL, y, n, c, hw, 0);
   free(coef);
 }
 
-void cn_bn_backward(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
-                    float *dx, float *dw, float *db, long n, long c, long hw) {
+/* Training-mode backward; act != 0: dy is the gradient of act(y) and the activation's mask is
+ * recomputed from x with the forward's scale/shift (ka, kt).
+ * One task per group of channels: the reduction over a channel's planes (sums of dy and
+ * dy * (x - mean), accumulated in double in image order, so deterministic whatever the thread
+ * count), then at once the apply pass over the same planes, which then come from the core's L2
+ * instead of memory: three memory streams (dy, x, dx) instead of five. */
+#define BN_BW_L2_BUDGET (1L << 20) /* bytes of dy + x per task */
+
+static void bn_bw_chan_task(void *ctx, long t, int tid) {
+  (void)tid;
+  const bn_job *J = (const bn_job *)ctx;
+  const long c0 = t * J->cpt, c1 = c0 + J->cpt < J->c ? c0 + J->cpt : J->c;
+  const long n = J->n, c = J->c, hw = J->hw;
+  const double cnt = (double)n * (double)hw;
+  for (long ci = c0; ci < c1; ci++) {
+    const float m = J->mean[ci];
+    double sdy = 0.0, sdyx = 0.0;
+    K.dot2_planes(J->dy + ci * hw, J->x + ci * hw, hw, n, c * hw, m, J->act ? J->ka[ci] : 0.0f,
+                  J->act ? J->kt[ci] : 0.0f, J->act, &sdy, &sdyx);
+    const double is = J->invstd[ci];
+    sdyx *= is; /* sum dy * xhat */
+    J->dw[ci] = (float)sdyx;
+    J->db[ci] = (float)sdy;
+    const float kk = (J->wt ? J->wt[ci] : 1.0f) * (float)is;
+    const float mdy = (float)(sdy / cnt), q = (float)(sdyx / cnt * is);
+    for (long ni = 0; ni < n; ni++) {
+      const long off = (ni * c + ci) * hw;
+      if (ni + 1 < n) {
+        /* the next plane (a page or more away): prefetch it, the hardware does not cross pages */
+        const char *pd = (const char *)(J->dy + off + c * hw), *px = (const char *)(J->x + off + c * hw);
+        for (long b = 0; b < hw * (long)sizeof(float); b += 64) {
+          __builtin_prefetch(pd + b);
+          __builtin_prefetch(px + b);
+        }
+      }
+      if (J->act)
+        K.bn_bw_apply_act(J->dy + off, J->x + off, J->y + off, hw, m, kk, mdy, q, J->ka[ci], J->kt[ci], J->act);
+      else
+        K.bn_bw_apply(J->dy + off, J->x + off, J->y + off, hw, m, kk, mdy, q);
+    }
+  }
+}
+
+void cn_bn_backward_act(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
+                        const float *ka, const float *kt, float *dx, float *dw, float *db, long n, long c, long hw,
+                        int act) {
   ensure_k();
   bn_job J;
   memset(&J, 0, sizeof(J));
   J.dy = dy;
   J.x = x;
   J.mean = mean;
+  J.invstd = invstd;
+  J.wt = wt;
   J.y = dx;
+  J.dw = dw;
+  J.db = db;
   J.n = n;
   J.c = c;
   J.hw = hw;
-  J.nchunks = n < BN_MAX_CHUNKS ? n : BN_MAX_CHUNKS;
-  if (J.nchunks < 1) J.nchunks = 1;
-  double *part = (double *)malloc(sizeof(double) * (size_t)(2 * J.nchunks * c + 1));
-  float *coef = (float *)malloc(sizeof(float) * (size_t)(4 * c + 1));
-  if (!part || !coef) abort();
-  J.pa = part;
-  J.pb = part + J.nchunks * c;
-  run_tasks(J.nchunks, bn_bw_stats_task, &J, 2 * n * c * hw);
-  const double cnt = (double)n * (double)hw;
-  for (long ci = 0; ci < c; ci++) {
-    double sdy = 0.0, sdyx = 0.0;
-    for (long ch = 0; ch < J.nchunks; ch++) {
-      sdy += J.pa[ch * c + ci];
-      sdyx += J.pb[ch * c + ci];
-    }
-    const double is = invstd[ci];
-    sdyx *= is; /* sum dy * xhat */
-    dw[ci] = (float)sdyx;
-    db[ci] = (float)sdy;
-    coef[ci] = mean[ci];
-    coef[c + ci] = (wt ? wt[ci] : 1.0f) * (float)is;
-    coef[2 * c + ci] = (float)(sdy / cnt);
-    coef[3 * c + ci] = (float)(sdyx / cnt * is);
-  }
-  J.km = coef;
-  J.kk = coef + c;
-  J.kb = coef + 2 * c;
-  J.kq = coef + 3 * c;
-  J.planes_per_task = apply_planes_per_task(hw);
-  run_tasks((n * c + J.planes_per_task - 1) / J.planes_per_task, bn_bw_apply_task, &J, n * c * hw);
-  free(part);
-  free(coef);
+  J.act = act;
+  J.ka = ka;
+  J.kt = kt;
+  const long per_channel = 2L * n * hw * (long)sizeof(float);
+  long cpt = BN_BW_L2_BUDGET / (per_channel > 0 ? per_channel : 1);
+  const long balanced = (c + 4L * cn_num_threads() - 1) / (4L * cn_num_threads());
+  if (cpt > balanced) cpt = balanced;
+  if (cpt < 1) cpt = 1;
+  J.cpt = cpt;
+  run_tasks((c + cpt - 1) / cpt, bn_bw_chan_task, &J, 2 * n * c * hw);
+}
+
+void cn_bn_backward(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
+                    float *dx, float *dw, float *db, long n, long c, long hw) {
+  cn_bn_backward_act(dy, x, mean, invstd, wt, NULL, NULL, dx, dw, db, n, c, hw, 0);
 }
 
 /* ---- depthwise convolution (one input channel per group; kernels_isa.h does the planes) ------- */
@@ -349,7 +373,27 @@ typedef struct {
   double *part;
   const cn_dw_plan *plan; /* AVX-512 stride-1 fast path, or NULL */
   int w16;                /* AVX-512 row path for 3x3, pad-1 width, W % 16 == 0 */
+  const cn_dw_sp_plan *sp; /* AVX-512 small-plane path (any stride), or NULL */
+  int s2;                  /* AVX-512 3x3 stride-2 row path */
+  const cn_epilogue *epi;  /* forward: applied to each output plane (bias already in it), or NULL */
 } dw_job;
+
+/* the AVX-512 3x3 stride-2 row path, if usable */
+static int dw_s2(const cn_conv_geom *g) {
+  return K_isa == 2 && cn_dw_s2_applicable(g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw) &&
+         g->oh == g->h / 2 && g->ow == g->w / 2;
+}
+
+/* the AVX-512 small-plane plan, if usable and the faster choice (transposed: for the input
+ * gradient). Measured on Zen: it wins for strided layers (where the general path builds phase
+ * planes) and for the 4x4 input gradient; the stride-1 masked-load paths win elsewhere. */
+static int dw_sp_plan(cn_dw_sp_plan *P, const cn_conv_geom *g, int transposed) {
+  const long in_hw = transposed ? g->oh * g->ow : g->h * g->w, out_hw = transposed ? g->h * g->w : g->oh * g->ow;
+  if (K_isa != 2 || !cn_dw_sp_applicable(in_hw, out_hw, g->kh * g->kw)) return 0;
+  const int strided = g->sh != 1 || g->sw != 1;
+  if (!strided && !(transposed && g->h * g->w > 8 && g->h * g->w <= 32)) return 0;
+  return cn_dw_sp_prepare(P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, transposed);
+}
 
 /* the AVX-512 fast path plan for a stride-1 plane geometry, if usable */
 static int dw_fast_plan(cn_dw_plan *P, long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh,
@@ -369,9 +413,35 @@ static long dw_row_floats(long oh, long ow, long kh, long kw, long sw) {
   return ((oh - 1) * Wq + ow + K.lanes) + 32;
 }
 
+/* inference fusion: the epilogue on output plane pl while it is in L1 */
+#define DW_EPI(pl)                                                                                                     \
+  do {                                                                                                                 \
+    if (J->epi) {                                                                                                      \
+      const long ohw_ = g->oh * g->ow;                                                                                 \
+      if ((pl) + 1 < p1) /* own the next plane's lines before its stores, so the epilogue's reads do not wait */      \
+        for (long b_ = 0; b_ < ohw_ * (long)sizeof(float); b_ += 64)                                                   \
+          __builtin_prefetch((const char *)(J->y + ((pl) + 1) * ohw_) + b_, 1);                                        \
+      cn_epi_rows(J->epi, J->y + (pl) * ohw_, ohw_, 1, ohw_, (pl) % g->o);                                             \
+    }                                                                                                                  \
+  } while (0)
+
+/* the per-plane epilogue of the AVX-512 plane kernels for output plane pl (NULL without fusion) */
+static const cn_dw_pepi *dw_pepi(const dw_job *J, long pl, cn_dw_pepi *pe) {
+  if (!J->epi) return NULL;
+  const long ch = pl % J->g->o, ohw = J->g->oh * J->g->ow;
+  pe->m = J->epi->mean[ch];
+  pe->k = J->epi->scale[ch];
+  pe->bt = J->epi->shift[ch];
+  pe->res = J->epi->res_base ? J->epi->res_base + pl * ohw : NULL;
+  pe->act = J->epi->act;
+  return pe;
+}
+
+/* forward task (inference fusion: the epilogue, if any, on each plane as it is computed) */
 static void dw_fwd_task(void *ctx, long t, int tid) {
   const dw_job *J = (const dw_job *)ctx;
   const cn_conv_geom *g = J->g;
+  cn_dw_pepi pe;
   float *ph = cn_ws(tid, CN_WS_TMP, (size_t)dw_phase_floats(g->oh, g->ow, g->kh, g->kw, g->sh, g->sw));
   float *tmp = cn_ws(tid, CN_WS_TMP2, (size_t)dw_row_floats(g->oh, g->ow, g->kh, g->kw, g->sw));
   if (!ph || !tmp) abort();
@@ -379,11 +449,27 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   const long p0 = t * J->planes_per_task;
   long p1 = p0 + J->planes_per_task;
   if (p1 > J->total) p1 = J->total;
+  if (J->sp) {
+    for (long pl = p0; pl < p1; pl++) {
+      const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
+      cn_dw_sp_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+                            J->y + pl * g->oh * g->ow, J->sp, 0, dw_pepi(J, pl, &pe));
+    }
+    return;
+  }
+  if (J->s2) {
+    for (long pl = p0; pl < p1; pl++) {
+      const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
+      cn_dw_s2_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+                            J->y + pl * g->oh * g->ow, g->h, g->w, dw_pepi(J, pl, &pe));
+    }
+    return;
+  }
   if (J->w16) {
     for (long pl = p0; pl < p1; pl++) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
       cn_dw_w16_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
-                             J->y + pl * g->oh * g->ow, g->h, g->w, g->ph, g->oh, 0);
+                             J->y + pl * g->oh * g->ow, g->h, g->w, g->ph, g->oh, 0, dw_pepi(J, pl, &pe));
     }
     return;
   }
@@ -391,7 +477,7 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
     for (long pl = p0; pl < p1; pl++) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
       cn_dw_s1_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
-                            J->y + pl * g->oh * g->ow, J->plan, 0);
+                            J->y + pl * g->oh * g->ow, J->plan, 0, dw_pepi(J, pl, &pe));
     }
     return;
   }
@@ -399,6 +485,7 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
     const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
     K.dw_plane(J->x + (n * g->c + ic) * g->h * g->w, g->h, g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                J->y + pl * g->oh * g->ow, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, 0, ph, tmp);
+    DW_EPI(pl);
   }
 }
 
@@ -413,9 +500,15 @@ static long planes_per_task(long total, long plane_work) {
 }
 
 void cn_dw_forward(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {
+  cn_dw_forward_epi(x, w, b, y, g, NULL);
+}
+
+void cn_dw_forward_epi(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
+                       const cn_epilogue *epi) {
   ensure_k();
   dw_job J;
   memset(&J, 0, sizeof(J));
+  J.epi = epi;
   J.x = x;
   J.w = w;
   J.b = b;
@@ -425,10 +518,16 @@ void cn_dw_forward(const float *x, const float *w, const float *b, float *y, con
   J.total = g->n * g->o;
   J.planes_per_task = planes_per_task(J.total, g->oh * g->ow * g->kh * g->kw);
   cn_dw_plan P;
-  J.w16 = K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
-  if (!J.w16 && dw_fast_plan(&P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow)) J.plan = &P;
+  cn_dw_sp_plan SP;
+  if (dw_sp_plan(&SP, g, 0)) J.sp = &SP;
+  J.s2 = !J.sp && dw_s2(g);
+  J.w16 = !J.sp && !J.s2 && K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
+  if (!J.sp && !J.s2 && !J.w16 &&
+      dw_fast_plan(&P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow))
+    J.plan = &P;
   cn_parallel((J.total + J.planes_per_task - 1) / J.planes_per_task, dw_fwd_task, &J);
   if (J.plan) cn_dw_s1_release(&P);
+  if (J.sp) cn_dw_sp_release(&SP);
 }
 
 /* dx planes (n, ic) for the task's range. */
@@ -439,6 +538,29 @@ static void dw_bwd_in_task(void *ctx, long t, int tid) {
   const long p0 = t * J->planes_per_task;
   long p1 = p0 + J->planes_per_task;
   if (p1 > J->total) p1 = J->total;
+  if (J->s2) {
+    for (long pl = p0; pl < p1; pl++) {
+      const long n = pl / g->c, ic = pl % g->c;
+      float *dxp = (float *)J->y + pl * g->h * g->w;
+      for (long m = 0; m < J->mult; m++) {
+        const long oc = ic * J->mult + m;
+        cn_dw_s2_dgrad_avx512(J->x + (n * g->o + oc) * g->oh * g->ow, J->w + oc * khw, dxp, g->h, g->w, m > 0);
+      }
+    }
+    return;
+  }
+  if (J->sp) {
+    /* dx = sum_m of dy planes gathered through the transposed plan */
+    for (long pl = p0; pl < p1; pl++) {
+      const long n = pl / g->c, ic = pl % g->c;
+      float *dxp = (float *)J->y + pl * g->h * g->w;
+      for (long m = 0; m < J->mult; m++) {
+        const long oc = ic * J->mult + m;
+        cn_dw_sp_plane_avx512(J->x + (n * g->o + oc) * g->oh * g->ow, J->w + oc * khw, 0.0f, dxp, J->sp, m > 0, NULL);
+      }
+    }
+    return;
+  }
   if (J->flip) {
     /* dx = sum_m conv_s1(dy plane, flipped kernel, padding k-1-p) */
     const long ph2 = g->kh - 1 - g->ph, pw2 = g->kw - 1 - g->pw;
@@ -456,11 +578,11 @@ static void dw_bwd_in_task(void *ctx, long t, int tid) {
         for (long q = 0; q < khw; q++) wfl[q] = wk[khw - 1 - q];
         if (J->w16) {
           cn_dw_w16_plane_avx512(J->x + (n * g->o + oc) * g->oh * g->ow, wfl, 0.0f, dxp, g->oh, g->ow,
-                                 g->kh - 1 - g->ph, g->h, m > 0);
+                                 g->kh - 1 - g->ph, g->h, m > 0, NULL);
           continue;
         }
         if (J->plan) {
-          cn_dw_s1_plane_avx512(J->x + (n * g->o + oc) * g->oh * g->ow, wfl, 0.0f, dxp, J->plan, m > 0);
+          cn_dw_s1_plane_avx512(J->x + (n * g->o + oc) * g->oh * g->ow, wfl, 0.0f, dxp, J->plan, m > 0, NULL);
           continue;
         }
         K.dw_plane(J->x + (n * g->o + oc) * g->oh * g->ow, g->oh, g->ow, wfl, 0.0f, dxp, g->kh, g->kw, 1, 1, ph2, pw2,
@@ -521,11 +643,16 @@ void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_c
   J.flip = (g->sh == 1 && g->sw == 1 && g->ph <= g->kh - 1 && g->pw <= g->kw - 1);
   J.planes_per_task = planes_per_task(J.total, g->oh * g->ow * g->kh * g->kw * J.mult);
   cn_dw_plan P;
-  J.w16 = J.flip && K_isa == 2 && cn_dw_w16_applicable(g->ow, g->kh, g->kw, 1, 1, g->kw - 1 - g->pw, g->w);
-  if (J.flip && !J.w16 && dw_fast_plan(&P, g->oh, g->ow, g->kh, g->kw, 1, 1, g->kh - 1 - g->ph, g->kw - 1 - g->pw, g->h, g->w))
+  cn_dw_sp_plan SP;
+  if (dw_sp_plan(&SP, g, 1)) J.sp = &SP;
+  J.s2 = !J.sp && dw_s2(g);
+  J.w16 = !J.sp && J.flip && K_isa == 2 && cn_dw_w16_applicable(g->ow, g->kh, g->kw, 1, 1, g->kw - 1 - g->pw, g->w);
+  if (!J.sp && J.flip && !J.w16 &&
+      dw_fast_plan(&P, g->oh, g->ow, g->kh, g->kw, 1, 1, g->kh - 1 - g->ph, g->kw - 1 - g->pw, g->h, g->w))
     J.plan = &P;
   cn_parallel((J.total + J.planes_per_task - 1) / J.planes_per_task, dw_bwd_in_task, &J);
   if (J.plan) cn_dw_s1_release(&P);
+  if (J.sp) cn_dw_sp_release(&SP);
 }
 
 /* Weight gradient: the batch is cut into a fixed number of chunks (deterministic whatever the
@@ -544,6 +671,18 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
   for (long q = 0; q < g->o * khw; q++) acc[q] = 0.0;
   const long n0 = ch * g->n / J->nchunks, n1 = (ch + 1) * g->n / J->nchunks;
   const long ohw = g->oh * g->ow, hw = g->h * g->w;
+  if (J->s2) {
+    for (long oc = 0; oc < g->o; oc++)
+      cn_dw_s2_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, J->x + (n0 * g->c + oc / J->mult) * hw,
+                            g->c * hw, n1 - n0, g->h, g->w, acc + oc * khw);
+    return;
+  }
+  if (J->sp) {
+    for (long oc = 0; oc < g->o; oc++)
+      cn_dw_sp_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, J->x + (n0 * g->c + oc / J->mult) * hw,
+                            g->c * hw, n1 - n0, J->sp, acc + oc * khw);
+    return;
+  }
   if (J->w16 && ohw >= 256) {
     for (long n = n0; n < n1; n++)
       for (long oc = 0; oc < g->o; oc++)
@@ -599,10 +738,16 @@ void cn_dw_backward_weight(const float *dy, const float *x, float *dw, const cn_
   J.part = (double *)malloc(sizeof(double) * (size_t)(J.nchunks * g->o * khw));
   if (!J.part) abort();
   cn_dw_plan P;
-  J.w16 = K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
-  if (!J.w16 && dw_fast_plan(&P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow)) J.plan = &P;
+  cn_dw_sp_plan SP;
+  if (dw_sp_plan(&SP, g, 0)) J.sp = &SP;
+  J.s2 = !J.sp && dw_s2(g);
+  J.w16 = !J.sp && !J.s2 && K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
+  if (!J.sp && !J.s2 && !J.w16 &&
+      dw_fast_plan(&P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow))
+    J.plan = &P;
   run_tasks(J.nchunks, dw_bwd_w_task, &J, 2 * g->n * g->o * g->oh * g->ow);
   if (J.plan) cn_dw_s1_release(&P);
+  if (J.sp) cn_dw_sp_release(&SP);
   for (long q = 0; q < g->o * khw; q++) {
     double s = 0.0;
     for (long ch = 0; ch < J.nchunks; ch++) s += J.part[ch * g->o * khw + q];

@@ -76,14 +76,376 @@ static ISA_ATTR void FN(seg_stats)(const float *x, long hw, float *mean, float *
   *m2 = FN(sqdev)(x, hw, sm);
 }
 
+/* The normalised value (x - m) * k + bt. Where the target has FMA it is computed as one fused
+ * multiply-add explicitly, so that every kernel that evaluates it (the apply passes and the
+ * fused activation backward, which recomputes the activation's mask) gets the same float. */
+#if defined(ISA_AVX) || defined(__aarch64__)
+#define CN_BN_VAL(x, m, k, bt) __builtin_fmaf((x) - (m), (k), (bt))
+#else
+#define CN_BN_VAL(x, m, k, bt) (((x) - (m)) * (k) + (bt))
+#endif
+
 static ISA_ATTR void FN(bn_apply)(const float *CN_RESTRICT p, float *CN_RESTRICT q, long hw, float m, float k, float bt) {
-  for (long i = 0; i < hw; i++) q[i] = (p[i] - m) * k + bt;
+  for (long i = 0; i < hw; i++) q[i] = CN_BN_VAL(p[i], m, k, bt);
 }
 
 /* dx = k * (dy - mdy - (x - m) * q) */
 static ISA_ATTR void FN(bn_bw_apply)(const float *CN_RESTRICT g, const float *CN_RESTRICT x, float *CN_RESTRICT d,
                                      long hw, float m, float k, float mdy, float q) {
   for (long i = 0; i < hw; i++) d[i] = k * (g[i] - mdy - (x[i] - m) * q);
+}
+
+/* ---- batch norm fused with what follows it -----------------------------------------------------
+ * v = (x - m) * k + bt is the same expression as bn_apply (so the same float32 result), then
+ * optionally + a residual r (a following add) and an activation with the same NaN/-0 rules as
+ * the separate kernels (ew). The backward recomputes v from x to get the activation's mask, so
+ * it never needs the activation's output. */
+
+static ISA_ATTR void FN(bn_apply_act)(const float *CN_RESTRICT p, const float *CN_RESTRICT r, float *CN_RESTRICT q,
+                                      long hw, float m, float k, float bt, int act) {
+  if (r) {
+    switch (act) {
+    case 1:
+      for (long i = 0; i < hw; i++) {
+        const float v = r[i] + CN_BN_VAL(p[i], m, k, bt);
+        q[i] = (v > 0.0f || v != v) ? v : 0.0f;
+      }
+      return;
+    case 2:
+      for (long i = 0; i < hw; i++) {
+        const float v = r[i] + CN_BN_VAL(p[i], m, k, bt);
+        q[i] = v > 0.0f ? (v > 6.0f ? 6.0f : v) : (v != v ? v : 0.0f);
+      }
+      return;
+    default:
+      for (long i = 0; i < hw; i++) q[i] = r[i] + CN_BN_VAL(p[i], m, k, bt);
+      return;
+    }
+  }
+  switch (act) {
+  case 1:
+    for (long i = 0; i < hw; i++) {
+      const float v = CN_BN_VAL(p[i], m, k, bt);
+      q[i] = (v > 0.0f || v != v) ? v : 0.0f;
+    }
+    return;
+  case 2:
+    for (long i = 0; i < hw; i++) {
+      const float v = CN_BN_VAL(p[i], m, k, bt);
+      q[i] = v > 0.0f ? (v > 6.0f ? 6.0f : v) : (v != v ? v : 0.0f);
+    }
+    return;
+  default:
+    for (long i = 0; i < hw; i++) q[i] = CN_BN_VAL(p[i], m, k, bt);
+    return;
+  }
+}
+
+/* the inference epilogue on rows of an output, in place: row r (channel ch0 + r) is y + r * ldc,
+ * n values; y = act(CN_BN_VAL(y (+ bias), m, k, bt) (+ res)) -- the arithmetic of the separate
+ * passes. res rows have the same layout (res + r * ldc) or res is NULL. */
+#define CN_EPI_LOOP(EXPR)                                                                                              \
+  for (long r = 0; r < rows; r++) {                                                                                    \
+    float *CN_RESTRICT yr = y + r * ldc;                                                                               \
+    const float *CN_RESTRICT rr = res ? res + r * ldc : NULL;                                                          \
+    const long ch = ch0 + r;                                                                                           \
+    const float bb = bias ? bias[ch] : 0.0f, m = mean[ch], k = scale[ch], bt = shift[ch];                               \
+    (void)rr;                                                                                                          \
+    (void)bb;                                                                                                          \
+    for (long i = 0; i < n; i++) {                                                                                     \
+      float v = EXPR;                                                                                                  \
+      if (act == 1) v = (v > 0.0f || v != v) ? v : 0.0f;                                                               \
+      else if (act == 2) v = v > 0.0f ? (v > 6.0f ? 6.0f : v) : (v != v ? v : 0.0f);                                  \
+      yr[i] = v;                                                                                                       \
+    }                                                                                                                  \
+  }
+static ISA_ATTR void FN(epi_rows)(float *y, const float *res, long ldc, long rows, long n, long ch0, const float *bias,
+                                  const float *mean, const float *scale, const float *shift, int act) {
+  /* one loop per variant so that each vectorises without branches */
+  if (act == 0) {
+    if (bias && res) { CN_EPI_LOOP(rr[i] + CN_BN_VAL(yr[i] + bb, m, k, bt)) }
+    else if (bias) { CN_EPI_LOOP(CN_BN_VAL(yr[i] + bb, m, k, bt)) }
+    else if (res) { CN_EPI_LOOP(rr[i] + CN_BN_VAL(yr[i], m, k, bt)) }
+    else { CN_EPI_LOOP(CN_BN_VAL(yr[i], m, k, bt)) }
+  } else if (act == 1) {
+    if (bias && res) { CN_EPI_LOOP(rr[i] + CN_BN_VAL(yr[i] + bb, m, k, bt)) }
+    else if (bias) { CN_EPI_LOOP(CN_BN_VAL(yr[i] + bb, m, k, bt)) }
+    else if (res) { CN_EPI_LOOP(rr[i] + CN_BN_VAL(yr[i], m, k, bt)) }
+    else { CN_EPI_LOOP(CN_BN_VAL(yr[i], m, k, bt)) }
+  } else {
+    if (bias && res) { CN_EPI_LOOP(rr[i] + CN_BN_VAL(yr[i] + bb, m, k, bt)) }
+    else if (bias) { CN_EPI_LOOP(CN_BN_VAL(yr[i] + bb, m, k, bt)) }
+    else if (res) { CN_EPI_LOOP(rr[i] + CN_BN_VAL(yr[i], m, k, bt)) }
+    else { CN_EPI_LOOP(CN_BN_VAL(yr[i], m, k, bt)) }
+  }
+}
+#undef CN_EPI_LOOP
+
+/* the activation's gradient mask at v: ReLU v > 0, ReLU6 0 < v < 6 (as relu/relu6 backward on
+ * the activation's output) */
+#define CN_ACT_PASS(act, v) ((act) == 2 ? ((v) > 0.0f && (v) < 6.0f) : (v) > 0.0f)
+
+/* sums of g and g * (x - m), g = dy masked by the activation of (x - m) * k + bt (as dot2 on the
+ * output of relu backward) */
+static ISA_ATTR void FN(dot2_act)(const float *CN_RESTRICT dy, const float *CN_RESTRICT x, long n, float m, float k,
+                                  float bt, int act, float *sdy, float *sdyx) {
+  float a[LANES], b[LANES];
+  LANE_LOOP a[l] = b[l] = 0.0f;
+  long i = 0;
+#if defined(ISA_AVX) && LANES == 32
+  /* AVX-512 by hand (the auto-vectorised form spills its accumulators): lanes as below */
+  {
+    const __m512 vm = _mm512_set1_ps(m), vk = _mm512_set1_ps(k), vb = _mm512_set1_ps(bt);
+    const __m512 z = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+    __m512 a0 = z, a1 = z, b0 = z, b1 = z;
+    for (; i + 32 <= n; i += 32) {
+      const __m512 e0 = _mm512_sub_ps(_mm512_loadu_ps(x + i), vm), e1 = _mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vm);
+      const __m512 g0 = _mm512_loadu_ps(dy + i), g1 = _mm512_loadu_ps(dy + i + 16);
+      const __m512 v0 = _mm512_fmadd_ps(e0, vk, vb), v1 = _mm512_fmadd_ps(e1, vk, vb);
+      __mmask16 k0 = _mm512_cmp_ps_mask(v0, z, _CMP_GT_OQ), k1 = _mm512_cmp_ps_mask(v1, z, _CMP_GT_OQ);
+      if (act == 2) {
+        k0 &= _mm512_cmp_ps_mask(v0, six, _CMP_LT_OQ);
+        k1 &= _mm512_cmp_ps_mask(v1, six, _CMP_LT_OQ);
+      }
+      a0 = _mm512_mask_add_ps(a0, k0, a0, g0);
+      a1 = _mm512_mask_add_ps(a1, k1, a1, g1);
+      b0 = _mm512_mask3_fmadd_ps(g0, e0, b0, k0);
+      b1 = _mm512_mask3_fmadd_ps(g1, e1, b1, k1);
+    }
+    _mm512_storeu_ps(a, a0);
+    _mm512_storeu_ps(a + 16, a1);
+    _mm512_storeu_ps(b, b0);
+    _mm512_storeu_ps(b + 16, b1);
+  }
+#else
+  if (act == 2) {
+    for (; i + LANES <= n; i += LANES) LANE_LOOP {
+        const float d = dy[i + l];
+        const float v = CN_BN_VAL(x[i + l], m, k, bt);
+        const float g = (v > 0.0f && v < 6.0f) ? d : 0.0f;
+        a[l] += g;
+        b[l] += g * (x[i + l] - m);
+      }
+  } else {
+    for (; i + LANES <= n; i += LANES) LANE_LOOP {
+        const float d = dy[i + l];
+        const float v = CN_BN_VAL(x[i + l], m, k, bt);
+        const float g = v > 0.0f ? d : 0.0f;
+        a[l] += g;
+        b[l] += g * (x[i + l] - m);
+      }
+  }
+#endif
+  for (int l = 0; i < n; i++, l++) {
+    const float v = CN_BN_VAL(x[i], m, k, bt);
+    const float g = CN_ACT_PASS(act, v) ? dy[i] : 0.0f;
+    a[l] += g;
+    b[l] += g * (x[i] - m);
+  }
+  *sdy = FN(hsum)(a);
+  *sdyx = FN(hsum)(b);
+}
+
+/* dx = kb * (g - mdy - (x - m) * q), g as in dot2_act (ka, bt: the forward's scale and shift) */
+static ISA_ATTR void FN(bn_bw_apply_act)(const float *CN_RESTRICT dy, const float *CN_RESTRICT x, float *CN_RESTRICT d,
+                                         long hw, float m, float kb, float mdy, float q, float ka, float bt, int act) {
+  long i = 0;
+#if defined(ISA_AVX) && LANES == 32
+  {
+    const __m512 vm = _mm512_set1_ps(m), vka = _mm512_set1_ps(ka), vb = _mm512_set1_ps(bt), vkb = _mm512_set1_ps(kb);
+    const __m512 vmdy = _mm512_set1_ps(mdy), vq = _mm512_set1_ps(q);
+    const __m512 z = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+    /* two vectors per iteration with plain loads and stores (masked stores are slow on some
+     * CPUs), prefetching ahead; then masked tails */
+#define CN_BWA_VEC(xv, gv, out)                                                                                        \
+  do {                                                                                                                 \
+    const __m512 e_ = _mm512_sub_ps(xv, vm);                                                                           \
+    const __m512 v_ = _mm512_fmadd_ps(e_, vka, vb);                                                                    \
+    __mmask16 k_ = _mm512_cmp_ps_mask(v_, z, _CMP_GT_OQ);                                                              \
+    if (act == 2) k_ &= _mm512_cmp_ps_mask(v_, six, _CMP_LT_OQ);                                                       \
+    const __m512 g_ = _mm512_maskz_mov_ps(k_, gv);                                                                     \
+    out = _mm512_mul_ps(vkb, _mm512_fnmadd_ps(e_, vq, _mm512_sub_ps(g_, vmdy)));                                       \
+  } while (0)
+    for (; i + 32 <= hw; i += 32) {
+      _mm_prefetch((const char *)(x + i + 256), _MM_HINT_T0);
+      _mm_prefetch((const char *)(dy + i + 256), _MM_HINT_T0);
+      __m512 r0, r1;
+      CN_BWA_VEC(_mm512_loadu_ps(x + i), _mm512_loadu_ps(dy + i), r0);
+      CN_BWA_VEC(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(dy + i + 16), r1);
+      _mm512_storeu_ps(d + i, r0);
+      _mm512_storeu_ps(d + i + 16, r1);
+    }
+    for (; i < hw; i += 16) {
+      const __mmask16 ld = hw - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (hw - i)) - 1u);
+      __m512 r0;
+      CN_BWA_VEC(_mm512_maskz_loadu_ps(ld, x + i), _mm512_maskz_loadu_ps(ld, dy + i), r0);
+      _mm512_mask_storeu_ps(d + i, ld, r0);
+    }
+#undef CN_BWA_VEC
+    return;
+  }
+#endif
+  if (act == 2) {
+    for (; i < hw; i++) {
+      const float dv = dy[i];
+      const float v = CN_BN_VAL(x[i], m, ka, bt);
+      const float g = (v > 0.0f && v < 6.0f) ? dv : 0.0f;
+      d[i] = kb * (g - mdy - (x[i] - m) * q);
+    }
+  } else {
+    for (; i < hw; i++) {
+      const float dv = dy[i];
+      const float v = CN_BN_VAL(x[i], m, ka, bt);
+      const float g = v > 0.0f ? dv : 0.0f;
+      d[i] = kb * (g - mdy - (x[i] - m) * q);
+    }
+  }
+}
+
+/* ---- batch norm over the planes of one channel -------------------------------------------------
+ * `count` planes of hw floats, plane i at offset i * stride. Partial sums are kept in float lanes
+ * over groups of about 1024 values (one plane when planes are large, many small ones), and the
+ * groups are combined in double; the grouping depends only on the shape, so results do not
+ * depend on the thread count. Small planes (4x4, 8x8) no longer pay a reduction each. */
+
+static inline long FN(bn_group)(long hw) { return hw >= 1024 ? 1 : 1024 / (hw > 0 ? hw : 1); }
+
+#if defined(ISA_AVX) && LANES == 32
+static ISA_ATTR inline __mmask16 FN(tailmask)(long left) {
+  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+}
+static ISA_ATTR inline double FN(hsum512d)(__m512 v) {
+  float t[16];
+  _mm512_storeu_ps(t, v);
+  for (int w = 8; w > 0; w /= 2)
+    for (int l = 0; l < w; l++) t[l] += t[l + w];
+  return (double)t[0];
+}
+#endif
+
+/* running (count, mean, M2) of the values, Chan's combination of per-group mean and M2 */
+static ISA_ATTR void FN(stats_planes)(const float *x, long hw, long count, long stride, double *cnt, double *mean,
+                                      double *m2) {
+  const long G = FN(bn_group)(hw);
+  for (long p0 = 0; p0 < count; p0 += G) {
+    const long np = count - p0 < G ? count - p0 : G;
+    const double nb = (double)np * (double)hw;
+    float sm, sq;
+#if defined(ISA_AVX) && LANES == 32
+    {
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+      for (long p = p0; p < p0 + np; p++) {
+        const float *q = x + p * stride;
+        if (p + 1 < count) {
+          const char *nq = (const char *)(q + stride);
+          for (long b = 0; b < hw * (long)sizeof(float); b += 64) _mm_prefetch(nq + b, _MM_HINT_T0);
+        }
+        long i = 0;
+        for (; i + 32 <= hw; i += 32) {
+          a0 = _mm512_add_ps(a0, _mm512_loadu_ps(q + i));
+          a1 = _mm512_add_ps(a1, _mm512_loadu_ps(q + i + 16));
+        }
+        for (; i < hw; i += 16) a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(FN(tailmask)(hw - i), q + i));
+      }
+      sm = (float)(FN(hsum512d)(_mm512_add_ps(a0, a1)) / nb);
+      const __m512 vm = _mm512_set1_ps(sm);
+      a0 = _mm512_setzero_ps();
+      a1 = a0;
+      for (long p = p0; p < p0 + np; p++) {
+        const float *q = x + p * stride;
+        long i = 0;
+        for (; i + 32 <= hw; i += 32) {
+          const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(q + i), vm), d1 = _mm512_sub_ps(_mm512_loadu_ps(q + i + 16), vm);
+          a0 = _mm512_fmadd_ps(d0, d0, a0);
+          a1 = _mm512_fmadd_ps(d1, d1, a1);
+        }
+        for (; i < hw; i += 16) {
+          const __mmask16 k = FN(tailmask)(hw - i);
+          const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, q + i), vm);
+          a0 = _mm512_fmadd_ps(d, d, a0);
+        }
+      }
+      sq = (float)FN(hsum512d)(_mm512_add_ps(a0, a1));
+    }
+#else
+    {
+      double s = 0.0;
+      for (long p = p0; p < p0 + np; p++) s += (double)FN(sum)(x + p * stride, hw);
+      sm = (float)(s / nb);
+      double d2 = 0.0;
+      for (long p = p0; p < p0 + np; p++) d2 += (double)FN(sqdev)(x + p * stride, hw, sm);
+      sq = (float)d2;
+    }
+#endif
+    const double tot = *cnt + nb, delta = (double)sm - *mean;
+    *mean += delta * nb / tot;
+    *m2 += (double)sq + delta * delta * *cnt * nb / tot;
+    *cnt = tot;
+  }
+}
+
+/* sums over the planes of g and g * (x - m), g = dy or (act) dy masked as in dot2_act */
+static ISA_ATTR void FN(dot2_planes)(const float *dy, const float *x, long hw, long count, long stride, float m,
+                                     float k, float bt, int act, double *sdy, double *sdyx) {
+  const long G = FN(bn_group)(hw);
+  for (long p0 = 0; p0 < count; p0 += G) {
+    const long np = count - p0 < G ? count - p0 : G;
+#if defined(ISA_AVX) && LANES == 32
+    const __m512 vm = _mm512_set1_ps(m), vk = _mm512_set1_ps(k), vb = _mm512_set1_ps(bt);
+    const __m512 z = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+    __m512 a0 = z, a1 = z, b0 = z, b1 = z;
+#define CN_D2_VEC(xv, gv, A, B)                                                                                        \
+  do {                                                                                                                 \
+    const __m512 e_ = _mm512_sub_ps(xv, vm);                                                                           \
+    const __m512 g_ = gv;                                                                                              \
+    if (act) {                                                                                                         \
+      const __m512 v_ = _mm512_fmadd_ps(e_, vk, vb);                                                                   \
+      __mmask16 k_ = _mm512_cmp_ps_mask(v_, z, _CMP_GT_OQ);                                                            \
+      if (act == 2) k_ &= _mm512_cmp_ps_mask(v_, six, _CMP_LT_OQ);                                                     \
+      A = _mm512_mask_add_ps(A, k_, A, g_);                                                                            \
+      B = _mm512_mask3_fmadd_ps(g_, e_, B, k_);                                                                        \
+    } else {                                                                                                           \
+      A = _mm512_add_ps(A, g_);                                                                                        \
+      B = _mm512_fmadd_ps(g_, e_, B);                                                                                  \
+    }                                                                                                                  \
+  } while (0)
+    for (long p = p0; p < p0 + np; p++) {
+      const float *q = x + p * stride, *g = dy + p * stride;
+      if (p + 1 < count) {
+        /* planes are far apart (a page or more): fetch the next one while this one is summed,
+         * the hardware prefetcher does not cross pages */
+        const char *nq = (const char *)(q + stride), *ng = (const char *)(g + stride);
+        for (long b = 0; b < hw * (long)sizeof(float); b += 64) {
+          _mm_prefetch(nq + b, _MM_HINT_T0);
+          _mm_prefetch(ng + b, _MM_HINT_T0);
+        }
+      }
+      long i = 0;
+      for (; i + 32 <= hw; i += 32) {
+        CN_D2_VEC(_mm512_loadu_ps(q + i), _mm512_loadu_ps(g + i), a0, b0);
+        CN_D2_VEC(_mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(g + i + 16), a1, b1);
+      }
+      for (; i < hw; i += 16) {
+        const __mmask16 t = FN(tailmask)(hw - i);
+        /* masked-off lanes: x = m, dy = 0 (adds nothing) */
+        CN_D2_VEC(_mm512_mask_loadu_ps(vm, t, q + i), _mm512_maskz_loadu_ps(t, g + i), a0, b0);
+      }
+    }
+#undef CN_D2_VEC
+    *sdy += FN(hsum512d)(_mm512_add_ps(a0, a1));
+    *sdyx += FN(hsum512d)(_mm512_add_ps(b0, b1));
+#else
+    for (long p = p0; p < p0 + np; p++) {
+      float a, b;
+      if (act)
+        FN(dot2_act)(dy + p * stride, x + p * stride, hw, m, k, bt, act, &a, &b);
+      else
+        FN(dot2)(dy + p * stride, x + p * stride, hw, m, &a, &b);
+      *sdy += a;
+      *sdyx += b;
+    }
+#endif
+  }
 }
 
 /* ---- elementwise -------------------------------------------------------------------------------- */
@@ -435,6 +797,12 @@ static void FN(fill_table)(cn_ktab *t) {
   t->dot2 = FN(dot2);
   t->bn_apply = FN(bn_apply);
   t->bn_bw_apply = FN(bn_bw_apply);
+  t->bn_apply_act = FN(bn_apply_act);
+  t->epi_rows = FN(epi_rows);
+  t->stats_planes = FN(stats_planes);
+  t->dot2_planes = FN(dot2_planes);
+  t->dot2_act = FN(dot2_act);
+  t->bn_bw_apply_act = FN(bn_bw_apply_act);
   t->ew = FN(ew);
   t->add_inplace = FN(add_inplace);
   t->adam = FN(adam);
@@ -448,3 +816,5 @@ static void FN(fill_table)(cn_ktab *t) {
 }
 
 #undef LANE_LOOP
+#undef CN_BN_VAL
+#undef CN_ACT_PASS

@@ -122,6 +122,20 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['depthwise 3x3 s1 p1 16x16, multiplier 2', 3, 8, 16, 16, 16, 3, 3, 1, 1, 1, 1, 8, true],
     ['depthwise 3x3 s1 p1 16x48 (rectangular plane)', 2, 4, 16, 48, 4, 3, 3, 1, 1, 1, 1, 4, false],
     ['single input channel (groups=1, c=1)', 2, 1, 8, 8, 5, 3, 3, 1, 1, 1, 1, 1, false],
+    ['3x3 s1 p1 4x4, 16 channels (tiles across images)', 4, 16, 4, 4, 16, 3, 3, 1, 1, 1, 1, 1, true],
+    ['1x1 8x8 planes, 40 -> 24 channels', 3, 40, 8, 8, 24, 1, 1, 1, 1, 0, 0, 1, false],
+    ['1x1 2x2 planes (a tile spans 8 images)', 16, 40, 2, 2, 24, 1, 1, 1, 1, 0, 0, 1, true],
+    ['3x3 s1 p1 2x4 planes (pieces of 8)', 8, 16, 2, 4, 16, 3, 3, 1, 1, 1, 1, 1, false],
+    // small planes (<= 64 values: the AVX-512 register-permute path) and stride-2 planes
+    ['depthwise 3x3 s1 p1 8x8', 3, 20, 8, 8, 20, 3, 3, 1, 1, 1, 1, 20, true],
+    ['depthwise 3x3 s2 p1 8x8', 3, 20, 8, 8, 20, 3, 3, 2, 2, 1, 1, 20, false],
+    ['depthwise 3x3 s1 p1 4x4', 5, 12, 4, 4, 12, 3, 3, 1, 1, 1, 1, 12, false],
+    ['depthwise 5x5 s2 p2 8x8, multiplier 2', 2, 6, 8, 8, 12, 5, 5, 2, 2, 2, 2, 6, true],
+    ['depthwise 7x7 s1 p3 6x5', 2, 4, 6, 5, 4, 7, 7, 1, 1, 3, 3, 4, false],
+    ['depthwise 3x3 s2 p1 16x16', 3, 10, 16, 16, 10, 3, 3, 2, 2, 1, 1, 10, false],
+    ['depthwise 3x3 s2 p1 32x32', 2, 6, 32, 32, 6, 3, 3, 2, 2, 1, 1, 6, true],
+    ['depthwise 3x3 s2 p1 15x17 (odd sizes)', 2, 5, 15, 17, 5, 3, 3, 2, 2, 1, 1, 5, false],
+    ['depthwise 3x3 s2 p1 16x48, multiplier 2', 2, 4, 16, 48, 8, 3, 3, 2, 2, 1, 1, 4, true],
     ['odd sizes spanning column blocks and images', 3, 40, 20, 20, 50, 3, 3, 1, 1, 1, 1, 1, true],
   ];
 
@@ -205,6 +219,90 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
           close(g.dbias, g0.dbias, BWD, `${what} dbias`);
         });
       }
+    }
+  });
+
+  test('batch norm fused with ReLU/ReLU6 and a residual add: equal to the unfused kernels', () => {
+    for (const [n, c, hw, off] of bnCases) {
+      const x = randn(n * c * hw, 2, off);
+      const wt = randn(c, 3, 1);
+      const bs = randn(c, 3);
+      const res = randn(n * c * hw, 3);
+      const dy = randn(n * c * hw);
+      const s0 = ref.batchNormStats(x, n, c, hw, 1e-5);
+      const scale = Float32Array.from(s0.invstd, (v, i) => Math.fround(v * wt[i]));
+      forEachIsa((isa) => {
+        const what = `${isa} bn+act ${n}x${c}x${hw}`;
+        const s = be.batchNormStats(x, n, c, hw, 1e-5);
+        close(s.mean, s0.mean, FWD, `${what} mean`);
+        close(s.varBiased, s0.varBiased, FWD, `${what} var`);
+        close(s.invstd, s0.invstd, FWD, `${what} invstd`);
+        const t = be.batchNormTrain(x, wt, bs, n, c, hw, 1e-5);
+        assert.deepEqual(s.mean, t.mean, `${what}: stats equal batchNormTrain's`);
+        assert.deepEqual(s.invstd, t.invstd, `${what}: invstd equals batchNormTrain's`);
+        const sc = Float32Array.from(s.invstd, (v, i) => Math.fround(v * wt[i]));
+        // apply == batchNormTrain's y, bit for bit; act/res == the separate kernels
+        assert.deepEqual(be.batchNormApply(x, s.mean, sc, bs, null, n, c, hw, 0), t.y, `${what}: apply`);
+        for (const act of [0, 1, 2] as const) {
+          const sep = (v: F32): F32 => (act === 1 ? be.relu(v) : act === 2 ? be.relu6(v) : v);
+          const fused = be.batchNormApply(x, s.mean, sc, bs, null, n, c, hw, act);
+          close(fused, sep(t.y), 1e-6, `${what} act ${act}`);
+          const fusedRes = be.batchNormApply(x, s.mean, sc, bs, res, n, c, hw, act);
+          close(fusedRes, sep(be.add(res, t.y)), 1e-6, `${what} act ${act} + residual`);
+          // against the reference (its own stats, so a float32 tolerance)
+          close(fusedRes, ref.batchNormApply(x, s0.mean, scale, bs, res, n, c, hw, act), FWD, `${what} act ${act} + residual vs reference`);
+          if (act === 0) continue;
+          // backward through act(bn(x)) == batch norm backward of the activation's backward
+          const z = fused;
+          const gAct = act === 1 ? be.reluBackward(dy, z) : be.relu6Backward(dy, z);
+          const g0 = be.batchNormBackward(gAct, x, s.mean, s.invstd, wt, n, c, hw);
+          const g = be.batchNormActBackward(dy, x, s.mean, s.invstd, wt, sc, bs, n, c, hw, act);
+          close(g.dx, g0.dx, 1e-6, `${what} act ${act} dx`);
+          close(g.dweight, g0.dweight, 1e-6, `${what} act ${act} dweight`);
+          close(g.dbias, g0.dbias, 1e-6, `${what} act ${act} dbias`);
+          const r = ref.batchNormActBackward(dy, x, s0.mean, s0.invstd, wt, scale, bs, n, c, hw, act);
+          close(g.dx, r.dx, BWD, `${what} act ${act} dx vs reference`);
+          close(g.dweight, r.dweight, BWD, `${what} act ${act} dweight vs reference`);
+        }
+      });
+    }
+  });
+
+  test('convolution fused with batch norm, residual and activation (inference) == the separate kernels', () => {
+    const cases: [string, ConvGeom, boolean][] = [
+      ['pointwise 32x32', convGeom(2, 24, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1), false],
+      ['3x3 4x4 planes (tiles across images)', convGeom(4, 16, 4, 4, 24, 3, 3, 1, 1, 1, 1, 1), true],
+      ['pointwise 2x2 planes', convGeom(16, 40, 2, 2, 24, 1, 1, 1, 1, 0, 0, 1), true],
+      ['3x3 s1 deep (several depth blocks)', convGeom(2, 40, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1), false],
+      ['depthwise 32x32', convGeom(2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 16), true],
+      ['depthwise 8x8 s1', convGeom(3, 20, 8, 8, 20, 3, 3, 1, 1, 1, 1, 20), false],
+      ['depthwise 8x8 s2', convGeom(3, 20, 8, 8, 20, 3, 3, 2, 2, 1, 1, 20), false],
+      ['depthwise 16x16', convGeom(2, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 8), false],
+      ['depthwise 32x32 s2', convGeom(2, 8, 32, 32, 8, 3, 3, 2, 2, 1, 1, 8), true],
+      ['depthwise 16x48 s2', convGeom(2, 4, 16, 48, 4, 3, 3, 2, 2, 1, 1, 4), false],
+      ['depthwise 9x10 (general path)', convGeom(2, 6, 9, 10, 6, 3, 3, 1, 1, 1, 1, 6), true],
+      ['grouped', convGeom(2, 8, 7, 7, 12, 3, 3, 1, 1, 1, 1, 2), true],
+    ];
+    for (const [name, g, withBias] of cases) {
+      const x = randn(g.n * g.c * g.h * g.w);
+      const wt = randn(g.o * (g.c / g.groups) * g.kh * g.kw, 0.5);
+      const b = withBias ? randn(g.o) : null;
+      const ny = g.n * g.o * g.oh * g.ow;
+      const mean = randn(g.o, 0.2);
+      const scale = randn(g.o, 1, 0.5);
+      const shift = randn(g.o, 2);
+      const res = randn(ny, 2);
+      forEachIsa((isa) => {
+        const y = be.conv2d(x, wt, b, g);
+        for (const act of [0, 1, 2] as const) {
+          for (const r of [null, res]) {
+            const want = be.batchNormApply(y, mean, scale, shift, r, g.n, g.o, g.oh * g.ow, act);
+            const got = be.conv2dFused(x, wt, b, g, { mean, scale, shift, res: r, act });
+            close(got, want, 1e-6, `${isa} ${name} act ${act}${r ? ' + residual' : ''}`);
+            if (isa === 'avx512') assert.deepEqual(got, want, `${isa} ${name} act ${act}${r ? ' + residual' : ''}: bit-identical`);
+          }
+        }
+      });
     }
   });
 
@@ -329,6 +427,17 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
   });
 
   test('Adam and SGD fused updates', () => {
+    seed = 4242; // data independent of the tests before this one
+    // m = b1*m + (1-b1)*g can cancel to near zero: measure its error against the terms' size
+    const closeM = (got: Float32Array, want: Float32Array, m: Float32Array, g: Float32Array, what: string): void => {
+      let d = 0;
+      let sc = 0;
+      for (let i = 0; i < want.length; i++) {
+        d += (got[i] - want[i]) ** 2;
+        sc += (0.9 * Math.abs(m[i]) + 0.1 * Math.abs(g[i])) ** 2;
+      }
+      assert.ok(Math.sqrt(d / sc) <= FWD, `${what}: relative error ${Math.sqrt(d / sc).toExponential(3)} > ${FWD}`);
+    };
     for (const len of [1, 37, 150_001]) {
       for (const wd of [0, 0.01]) {
         for (const step of [1, 10]) {
@@ -343,7 +452,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
             const [p1, m1, v1] = [p.slice(), m.slice(), v.slice()];
             be.adamStepInPlace(p1, g, m1, v1, h);
             close(p1, p0, FWD, `${isa} adam param`);
-            close(m1, m0, FWD, `${isa} adam m`);
+            closeM(m1, m0, m, g, `${isa} adam m`);
             close(v1, v0, FWD, `${isa} adam v`);
           });
         }

@@ -2,7 +2,8 @@
 //
 // Autograd (src/tensor) decides *what* to compute and in which order; a backend only
 // computes. All activations are contiguous NCHW float32 (PyTorch's default layout).
-// Kernels allocate and return fresh output buffers unless the name ends in `InPlace`.
+// Kernels return fresh output buffers unless the name ends in `InPlace` (allocated through
+// arena.ts allocOutput, which recycles them inside a step arena).
 // Every kernel of the interface must be implemented by every backend; the conformance
 // suite (test/conformance.test.ts) runs the same PyTorch fixtures on each of them.
 
@@ -49,6 +50,28 @@ export interface BatchNormTrainResult {
   invstd: F32; // (C) 1 / sqrt(varBiased + eps)
 }
 
+/** Statistics of a training-mode batch norm (per channel). */
+export interface BatchNormStats {
+  mean: F32; // (C) batch mean
+  varBiased: F32; // (C) batch variance, divided by N*H*W
+  invstd: F32; // (C) 1 / sqrt(varBiased + eps)
+}
+
+/** Activation fused into a batch-norm apply: 0 none, 1 ReLU, 2 ReLU6. */
+export type Act = 0 | 1 | 2;
+export const ACT_NONE: Act = 0;
+export const ACT_RELU: Act = 1;
+export const ACT_RELU6: Act = 2;
+
+/** What conv2dFused applies to the convolution's output: batchNormApply's formula per output channel. */
+export interface ConvEpilogue {
+  mean: F32; // (O)
+  scale: F32; // (O)
+  shift: F32; // (O)
+  res: F32 | null; // residual of the output's shape, added before the activation
+  act: Act;
+}
+
 export interface BatchNormGrads {
   dx: F32; // (N, C, H, W)
   dweight: F32; // (C)
@@ -79,6 +102,9 @@ export interface Backend {
   // ---- convolution ------------------------------------------------------------------
   // x: (N, C, H, W), w: (O, C/groups, KH, KW), b: (O) or null -> y: (N, O, OH, OW)
   conv2d(x: F32, w: F32, b: F32 | null, g: ConvGeom): F32;
+  // conv2d followed by batchNormApply(y, epi.mean, epi.scale, epi.shift, epi.res, ..., epi.act) in
+  // one pass (inference fusion; same arithmetic as the two calls)
+  conv2dFused(x: F32, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue): F32;
   // dy: (N, O, OH, OW), w -> dx: (N, C, H, W)
   conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32;
   // dy: (N, O, OH, OW), x: (N, C, H, W) -> dw: (O, C/groups, KH, KW)
@@ -91,6 +117,17 @@ export interface Backend {
   batchNormEval(x: F32, mean: F32, varRunning: F32, weight: F32 | null, bias: F32 | null, n: number, c: number, hw: number, eps: number): F32;
   // training-mode backward: dy, x, saved mean/invstd -> dx, dweight, dbias
   batchNormBackward(dy: F32, x: F32, mean: F32, invstd: F32, weight: F32 | null, n: number, c: number, hw: number): BatchNormGrads;
+  // The two halves of batchNormTrain, so that the normalisation can be fused with what follows:
+  // statistics only (same values as batchNormTrain's) ...
+  batchNormStats(x: F32, n: number, c: number, hw: number, eps: number): BatchNormStats;
+  // ... and y = act((x - mean[c]) * scale[c] + shift[c] (+ res)), with scale = invstd * weight and
+  // shift = bias (float32 per channel; batchNormTrain/Eval compute exactly these). res: an
+  // optional residual of x's shape added before the activation (a following add(), fused).
+  batchNormApply(x: F32, mean: F32, scale: F32, shift: F32, res: F32 | null, n: number, c: number, hw: number, act: Act): F32;
+  // Backward of act(batchNormTrain(x)) given the gradient of the activation's output: the
+  // activation's mask is recomputed from x with the same arithmetic as batchNormApply (so it
+  // equals the forward's), then the batch-norm backward as batchNormBackward.
+  batchNormActBackward(dy: F32, x: F32, mean: F32, invstd: F32, weight: F32 | null, scale: F32, shift: F32, n: number, c: number, hw: number, act: Act): BatchNormGrads;
 
   // ---- elementwise -------------------------------------------------------------------
   relu(x: F32): F32;

@@ -7,17 +7,22 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { AdamHyper, Backend, BatchNormGrads, BatchNormTrainResult, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
+import type { Act, AdamHyper, Backend, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
+import { allocOutput } from './arena.js';
 
 /** The functions exported by the compiled addon (native/addon.c). */
 interface NativeAddon {
   version: number;
   conv2d(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array): void;
+  conv2dFused(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, mean: F32, scale: F32, shift: F32, res: F32 | null, act: number): void;
   conv2dBackwardInput(dy: F32, w: F32, dx: F32, geom: Int32Array): void;
   conv2dBackwardWeight(dy: F32, x: F32, dw: F32, geom: Int32Array): void;
   bnTrain(x: F32, w: F32 | null, b: F32 | null, y: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
   bnEval(x: F32, mean: F32, varRunning: F32, w: F32 | null, b: F32 | null, y: F32, n: number, c: number, hw: number, eps: number): void;
   bnBackward(dy: F32, x: F32, mean: F32, invstd: F32, w: F32 | null, dx: F32, dw: F32, db: F32, n: number, c: number, hw: number): void;
+  bnStats(x: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
+  bnApply(x: F32, mean: F32, scale: F32, shift: F32, res: F32 | null, y: F32, n: number, c: number, hw: number, act: number): void;
+  bnBackwardAct(dy: F32, x: F32, mean: F32, invstd: F32, w: F32 | null, scale: F32, shift: F32, dx: F32, dw: F32, db: F32, n: number, c: number, hw: number, act: number): void;
   elementwise(op: number, a: F32, b: F32 | null, y: F32, s: number): void;
   maxPool(x: F32, y: F32, argmax: Int32Array, geom: Int32Array): void;
   maxPoolBackward(dy: F32, argmax: Int32Array, dx: F32, geom: Int32Array): void;
@@ -37,7 +42,7 @@ interface NativeAddon {
   setIsa(name: string): boolean;
 }
 
-const ADDON_VERSION = 1;
+const ADDON_VERSION = 3;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -65,15 +70,9 @@ function findAddon(): string | null {
   return null;
 }
 
-// Outputs are fully overwritten by the kernels, so large ones skip the zero-filling of
-// `new Float32Array(n)` (a whole extra pass over memory): uninitialised memory from
-// Buffer.allocUnsafeSlow (not pooled, so the Float32Array owns its whole ArrayBuffer).
-const UNINIT_MIN = 4096;
-function out(n: number): Float32Array {
-  if (n < UNINIT_MIN) return new Float32Array(n);
-  const b = Buffer.allocUnsafeSlow(n * 4);
-  return new Float32Array(b.buffer, b.byteOffset, n);
-}
+// Outputs are fully overwritten by the kernels, so large ones are uninitialised memory; inside a
+// step arena they are recycled buffers (arena.ts).
+const out = allocOutput;
 
 function sameLength(a: F32, b: F32, what: string): void {
   if (a.length !== b.length) throw new Error(`${what}: buffer sizes differ (${a.length} vs ${b.length})`);
@@ -113,6 +112,11 @@ function makeBackend(A: NativeAddon): Backend {
       A.conv2d(x, w, b, y, convGeom(g));
       return y;
     },
+    conv2dFused(x: F32, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue): F32 {
+      const y = out(g.n * g.o * g.oh * g.ow);
+      A.conv2dFused(x, w, b, y, convGeom(g), epi.mean, epi.scale, epi.shift, epi.res, epi.act);
+      return y;
+    },
     conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32 {
       const dx = out(g.n * g.c * g.h * g.w);
       A.conv2dBackwardInput(dy, w, dx, convGeom(g));
@@ -142,6 +146,27 @@ function makeBackend(A: NativeAddon): Backend {
       const dweight = out(c);
       const dbias = out(c);
       A.bnBackward(dy, x, mean, invstd, weight, dx, dweight, dbias, n, c, hw);
+      return { dx, dweight, dbias };
+    },
+
+    batchNormStats(x: F32, n: number, c: number, hw: number, eps: number): BatchNormStats {
+      const mean = out(c);
+      const varBiased = out(c);
+      const invstd = out(c);
+      A.bnStats(x, mean, varBiased, invstd, n, c, hw, eps);
+      return { mean, varBiased, invstd };
+    },
+    batchNormApply(x: F32, mean: F32, scale: F32, shift: F32, res: F32 | null, n: number, c: number, hw: number, act: Act): F32 {
+      if (res) sameLength(x, res, 'batchNormApply');
+      const y = out(n * c * hw);
+      A.bnApply(x, mean, scale, shift, res, y, n, c, hw, act);
+      return y;
+    },
+    batchNormActBackward(dy: F32, x: F32, mean: F32, invstd: F32, weight: F32 | null, scale: F32, shift: F32, n: number, c: number, hw: number, act: Act): BatchNormGrads {
+      const dx = out(n * c * hw);
+      const dweight = out(c);
+      const dbias = out(c);
+      A.bnBackwardAct(dy, x, mean, invstd, weight, scale, shift, dx, dweight, dbias, n, c, hw, act);
       return { dx, dweight, dbias };
     },
 

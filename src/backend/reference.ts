@@ -1,7 +1,7 @@
 // The reference backend: plain TypeScript loops, written to be obviously correct.
 // It is the oracle the fast backends are tested against. Sums are accumulated in
 // JavaScript numbers (float64) and rounded to float32 when stored.
-import type { AdamHyper, Backend, BatchNormGrads, BatchNormTrainResult, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
+import type { Act, AdamHyper, Backend, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
 
 // ---- convolution ----------------------------------------------------------------------
 
@@ -163,6 +163,88 @@ function batchNormEval(x: F32, mean: F32, varRunning: F32, weight: F32 | null, b
     }
   }
   return y;
+}
+
+// The statistics of batchNormTrain alone.
+function batchNormStats(x: F32, n: number, c: number, hw: number, eps: number): BatchNormStats {
+  const mean = new Float32Array(c);
+  const varBiased = new Float32Array(c);
+  const invstd = new Float32Array(c);
+  const count = n * hw;
+  for (let ci = 0; ci < c; ci++) {
+    let s = 0;
+    for (let ni = 0; ni < n; ni++) {
+      const p = (ni * c + ci) * hw;
+      for (let i = 0; i < hw; i++) s += x[p + i];
+    }
+    const m = s / count;
+    let ss = 0;
+    for (let ni = 0; ni < n; ni++) {
+      const p = (ni * c + ci) * hw;
+      for (let i = 0; i < hw; i++) {
+        const d = x[p + i] - m;
+        ss += d * d;
+      }
+    }
+    const v = ss / count;
+    mean[ci] = m;
+    varBiased[ci] = v;
+    invstd[ci] = 1 / Math.sqrt(v + eps);
+  }
+  return { mean, varBiased, invstd };
+}
+
+/** The normalised value before the activation, rounded to float32 like a stored output. */
+function bnValue(x: number, m: number, k: number, bt: number): number {
+  return Math.fround((x - m) * k + bt);
+}
+
+function applyAct(v: number, act: Act): number {
+  if (act === 1) return v > 0 ? v : Number.isNaN(v) ? v : 0;
+  if (act === 2) return Number.isNaN(v) ? v : Math.min(Math.max(v, 0), 6);
+  return v;
+}
+
+/** Whether the activation passes the gradient at pre-activation value v. */
+function actPasses(v: number, act: Act): boolean {
+  return act === 2 ? v > 0 && v < 6 : v > 0;
+}
+
+// y = act((x - mean) * scale + shift (+ res))
+function batchNormApply(x: F32, mean: F32, scale: F32, shift: F32, res: F32 | null, n: number, c: number, hw: number, act: Act): F32 {
+  if (res) checkSame(x, res, 'batchNormApply');
+  const y = new Float32Array(x.length);
+  for (let ni = 0; ni < n; ni++) {
+    for (let ci = 0; ci < c; ci++) {
+      const p = (ni * c + ci) * hw;
+      const m = mean[ci];
+      const k = scale[ci];
+      const bt = shift[ci];
+      for (let i = 0; i < hw; i++) {
+        let v = bnValue(x[p + i], m, k, bt);
+        if (res) v = Math.fround(res[p + i] + v);
+        y[p + i] = applyAct(v, act);
+      }
+    }
+  }
+  return y;
+}
+
+// Backward of act(batch norm): mask dy by the activation of the recomputed pre-activation value,
+// then the ordinary batch-norm backward.
+function batchNormActBackward(dy: F32, x: F32, mean: F32, invstd: F32, weight: F32 | null, scale: F32, shift: F32, n: number, c: number, hw: number, act: Act): BatchNormGrads {
+  checkSame(dy, x, 'batchNormActBackward');
+  let g = dy;
+  if (act !== 0) {
+    g = new Float32Array(dy.length);
+    for (let ni = 0; ni < n; ni++) {
+      for (let ci = 0; ci < c; ci++) {
+        const p = (ni * c + ci) * hw;
+        for (let i = 0; i < hw; i++) g[p + i] = actPasses(bnValue(x[p + i], mean[ci], scale[ci], shift[ci]), act) ? dy[p + i] : 0;
+      }
+    }
+  }
+  return batchNormBackward(g, x, mean, invstd, weight, n, c, hw);
 }
 
 // dx = invstd * gamma * (dy - mean(dy) - xhat * mean(dy * xhat))
@@ -366,11 +448,16 @@ function sgdStepInPlace(param: F32, grad: F32, buf: F32 | null, h: SgdHyper): vo
 export const referenceBackend: Backend = {
   name: 'reference',
   conv2d,
+  conv2dFused: (x: F32, w: F32, b: F32 | null, g: ConvGeom, e: ConvEpilogue): F32 =>
+    batchNormApply(conv2d(x, w, b, g), e.mean, e.scale, e.shift, e.res, g.n, g.o, g.oh * g.ow, e.act),
   conv2dBackwardInput,
   conv2dBackwardWeight,
   batchNormTrain,
   batchNormEval,
   batchNormBackward,
+  batchNormStats,
+  batchNormApply,
+  batchNormActBackward,
   relu: (x) => map1(x, (v) => (v > 0 ? v : Number.isNaN(v) ? v : 0)),
   reluBackward(dy, y) {
     checkSame(dy, y, 'reluBackward');

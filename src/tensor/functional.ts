@@ -1,9 +1,10 @@
 // Differentiable operations: each computes its forward pass with the current backend and
 // records how to compute its backward pass. This is the only place autograd rules live.
 import { getBackend } from '../backend/registry.js';
-import { convOutSize, type ConvGeom, type F32, type PoolGeom } from '../backend/backend.js';
+import { allocOutput, currentArena } from '../backend/arena.js';
+import { ACT_RELU, ACT_RELU6, convOutSize, type Act, type ConvEpilogue, type ConvGeom, type F32, type PoolGeom } from '../backend/backend.js';
 import { Generator, defaultGenerator } from './random.js';
-import { Tensor, formatShape, isGradEnabled, noGrad } from './tensor.js';
+import { Tensor, formatShape, isGradEnabled, noGrad, pendingTensor, type GradFn, type PendingValues } from './tensor.js';
 
 /** Make the output of an op, recording its backward when any input requires grad. */
 function result(values: F32, shape: readonly number[], name: string, inputs: (Tensor | null)[], backward: (gy: F32) => (F32 | null)[]): Tensor {
@@ -11,6 +12,70 @@ function result(values: F32, shape: readonly number[], name: string, inputs: (Te
   const out = new Tensor(values, shape, needs);
   if (needs) out.gradFn = { name, inputs, backward };
   return out;
+}
+
+/** Like result() for an output whose values are still pending (see PendingValues). */
+function pendingResult(pending: PendingValues, shape: readonly number[], fn: Omit<GradFn, 'inputs'> & { inputs: (Tensor | null)[] }): Tensor {
+  const needs = isGradEnabled() && fn.inputs.some((t) => t !== null && t.requiresGrad);
+  const out = pendingTensor(shape, pending, needs);
+  if (needs) out.gradFn = fn;
+  return out;
+}
+
+/**
+ * A batch norm's output not yet computed: act((x - mean) * scale + shift (+ res)) per channel.
+ * ReLU/ReLU6 and add() of such a tensor compute it fused with themselves (one memory pass
+ * instead of two or three); anything else that reads it materialises it.
+ */
+class BatchNormPending implements PendingValues {
+  readonly kind = 'batch_norm';
+  constructor(
+    readonly x: F32,
+    readonly mean: F32,
+    readonly scale: F32,
+    readonly shift: F32,
+    readonly res: F32 | null,
+    readonly n: number,
+    readonly c: number,
+    readonly hw: number,
+  ) {}
+  compute(): F32 {
+    return getBackend().batchNormApply(this.x, this.mean, this.scale, this.shift, this.res, this.n, this.c, this.hw, 0);
+  }
+}
+
+/**
+ * A convolution not yet computed (inference only: no graph is recorded), optionally with the
+ * eval-mode batch norm, residual add and activation that follow it fused in (conv2dFused): the
+ * batch norm's pass over memory disappears. Only inside a step arena, whose tensors cannot
+ * outlive it, so that nothing can change the weights before the values are read.
+ */
+class ConvPending implements PendingValues {
+  readonly kind = 'conv2d';
+  constructor(
+    readonly x: F32,
+    readonly w: F32,
+    readonly b: F32 | null,
+    readonly g: ConvGeom,
+    readonly epi: ConvEpilogue | null,
+  ) {}
+  compute(): F32 {
+    const be = getBackend();
+    return this.epi ? be.conv2dFused(this.x, this.w, this.b, this.g, this.epi) : be.conv2d(this.x, this.w, this.b, this.g);
+  }
+}
+
+/** CONVNETS_FUSE=0 turns the inference fusion off (for comparisons). */
+const fuseInference = typeof process === 'undefined' || process.env.CONVNETS_FUSE !== '0';
+
+function convPendingOf(t: Tensor): ConvPending | null {
+  const p = t._pending;
+  return p instanceof ConvPending ? p : null;
+}
+
+function bnPendingOf(t: Tensor): BatchNormPending | null {
+  const p = t._pending;
+  return p instanceof BatchNormPending ? p : null;
 }
 
 // ---- tracing (for export) ---------------------------------------------------------------------
@@ -71,6 +136,11 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
   }
   const g: ConvGeom = { n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, oh, ow };
   const be = getBackend();
+  const needs = isGradEnabled() && (x.requiresGrad || weight.requiresGrad || (bias !== null && bias.requiresGrad));
+  if (!needs && tracer === null && fuseInference && currentArena() !== null && x._arena === currentArena()) {
+    // inference inside an arena, on an activation of this arena: deferred, to fuse what follows
+    return pendingTensor([n, o, oh, ow], new ConvPending(x.values, weight.values, bias ? bias.values : null, g, null), false);
+  }
   const y = be.conv2d(x.values, weight.values, bias ? bias.values : null, g);
   const xv = x.values;
   const wv = weight.values;
@@ -114,8 +184,22 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
     if (!runningMean || !runningVar) throw new Error('batch_norm: evaluation mode needs running statistics');
     const rm = runningMean.values.slice();
     const rv = runningVar.values.slice();
-    const y = be.batchNormEval(x.values, rm, rv, wv, bv, n, c, hw, opts.eps);
-    const out = result(y, x.shape, 'BatchNormEvalBackward', [x, weight, bias], (gy) => {
+    // scale and shift exactly as batchNormEval computes them (float32)
+    const scale = allocOutput(c);
+    const shift = allocOutput(c);
+    for (let i = 0; i < c; i++) {
+      const is = Math.fround(1 / Math.sqrt(rv[i] + opts.eps));
+      scale[i] = wv ? Math.fround(is * wv[i]) : is;
+      shift[i] = bv ? bv[i] : 0;
+    }
+    const cp = convPendingOf(x);
+    const bnNeeds = isGradEnabled() && (x.requiresGrad || (weight !== null && weight.requiresGrad) || (bias !== null && bias.requiresGrad));
+    if (cp !== null && cp.epi === null && !bnNeeds && tracer === null) {
+      // eval batch norm of a deferred convolution: fused into it
+      return pendingTensor(x.shape, new ConvPending(cp.x, cp.w, cp.b, cp.g, { mean: rm, scale, shift, res: null, act: 0 }), false);
+    }
+    const pending = new BatchNormPending(x.values, rm, scale, shift, null, n, c, hw);
+    const out = pendingResult(pending, x.shape, { name: 'BatchNormEvalBackward', inputs: [x, weight, bias], backward: (gy) => {
       // y = (x - m) * invstd * gamma + beta with constant statistics:
       // dx = dy * gamma * invstd, dgamma = Σ dy * xhat, dbeta = Σ dy
       const b = getBackend();
@@ -136,27 +220,42 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
         gw = b.sumChannels(b.mul(gy, xhat), n, c, hw);
       }
       return [gx, gw, bias && bias.requiresGrad ? b.sumChannels(gy, n, c, hw) : null];
-    });
+    } });
     if (tracer !== null) tracer('batch_norm', [x, runningMean, runningVar, weight, bias], out, { training: false, eps: opts.eps });
     return out;
   }
   const count = n * hw;
   if (count <= 1) throw new Error(`batch_norm: expected more than 1 value per channel when training, got input of shape ${formatShape(x.shape)}`);
-  const r = be.batchNormTrain(x.values, wv, bv, n, c, hw, opts.eps);
+  const xv = x.values;
+  const { mean, varBiased, invstd } = be.batchNormStats(xv, n, c, hw, opts.eps);
   if (runningMean && runningVar) {
     const m = opts.momentum;
     const rm = runningMean.values;
     const rv = runningVar.values;
     for (let i = 0; i < c; i++) {
-      rm[i] = (1 - m) * rm[i] + m * r.mean[i];
-      rv[i] = (1 - m) * rv[i] + m * r.varBiased[i] * (count / (count - 1));
+      rm[i] = (1 - m) * rm[i] + m * mean[i];
+      rv[i] = (1 - m) * rv[i] + m * varBiased[i] * (count / (count - 1));
     }
   }
-  const xv = x.values;
-  const { mean, invstd } = r;
-  const out = result(r.y, x.shape, 'BatchNormBackward', [x, weight, bias], (gy) => {
-    const g = getBackend().batchNormBackward(gy, xv, mean, invstd, wv, n, c, hw);
-    return [g.dx, g.dweight, g.dbias];
+  // scale and shift exactly as batchNormTrain computes them (float32), fixed now so that the
+  // pending output does not depend on later changes of the parameters
+  const scale = allocOutput(c);
+  const shift = allocOutput(c);
+  for (let i = 0; i < c; i++) {
+    scale[i] = wv ? Math.fround(invstd[i] * wv[i]) : invstd[i];
+    shift[i] = bv ? bv[i] : 0;
+  }
+  const out = pendingResult(new BatchNormPending(xv, mean, scale, shift, null, n, c, hw), x.shape, {
+    name: 'BatchNormBackward',
+    inputs: [x, weight, bias],
+    backward: (gy) => {
+      const g = getBackend().batchNormBackward(gy, xv, mean, invstd, wv, n, c, hw);
+      return [g.dx, g.dweight, g.dbias];
+    },
+    backwardAct: (gy, act) => {
+      const g = getBackend().batchNormActBackward(gy, xv, mean, invstd, wv, scale, shift, n, c, hw, act);
+      return [g.dx, g.dweight, g.dbias];
+    },
   });
   if (tracer !== null) tracer('batch_norm', [x, runningMean, runningVar, weight, bias], out, { training: true, eps: opts.eps });
   return out;
@@ -164,16 +263,36 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
 
 // ---- activations and arithmetic -------------------------------------------------------------
 
+function activation(x: Tensor, act: Act): Tensor {
+  const be = getBackend();
+  const cp = convPendingOf(x);
+  if (cp !== null && cp.epi !== null && cp.epi.act === 0 && !x.requiresGrad) {
+    // convolution + batch norm (+ add) + this activation in one pass
+    return new Tensor(be.conv2dFused(cp.x, cp.w, cp.b, cp.g, { ...cp.epi, act }), x.shape, false);
+  }
+  const p = bnPendingOf(x);
+  // fused with a pending batch norm (and add) before it: one pass, its output never materialised
+  const y = p !== null ? be.batchNormApply(p.x, p.mean, p.scale, p.shift, p.res, p.n, p.c, p.hw, act) : act === ACT_RELU ? be.relu(x.values) : be.relu6(x.values);
+  const needs = isGradEnabled() && x.requiresGrad;
+  const out = new Tensor(y, x.shape, needs);
+  if (needs) {
+    const fn: GradFn =
+      act === ACT_RELU
+        ? { name: 'ReluBackward', inputs: [x], backward: (gy) => [getBackend().reluBackward(gy, y)], act: p !== null && p.res === null ? act : undefined }
+        : { name: 'Relu6Backward', inputs: [x], backward: (gy) => [getBackend().relu6Backward(gy, y)], act: p !== null && p.res === null ? act : undefined };
+    out.gradFn = fn;
+  }
+  return out;
+}
+
 export function relu(x: Tensor): Tensor {
-  const y = getBackend().relu(x.values);
-  const out = result(y, x.shape, 'ReluBackward', [x], (gy) => [getBackend().reluBackward(gy, y)]);
+  const out = activation(x, ACT_RELU);
   if (tracer !== null) tracer('relu', [x], out, {});
   return out;
 }
 
 export function relu6(x: Tensor): Tensor {
-  const y = getBackend().relu6(x.values);
-  const out = result(y, x.shape, 'Relu6Backward', [x], (gy) => [getBackend().relu6Backward(gy, y)]);
+  const out = activation(x, ACT_RELU6);
   if (tracer !== null) tracer('relu6', [x], out, {});
   return out;
 }
@@ -184,7 +303,26 @@ function sameShape(a: Tensor, b: Tensor, op: string): void {
 
 export function add(a: Tensor, b: Tensor): Tensor {
   sameShape(a, b, 'add');
-  const out = result(getBackend().add(a.values, b.values), a.shape, 'AddBackward', [a, b], (gy) => [gy, gy]);
+  const pb = bnPendingOf(b);
+  const pa = pb === null || pb.res !== null ? bnPendingOf(a) : null;
+  const cb = convPendingOf(b);
+  const ca = convPendingOf(a);
+  const noGraph = !(isGradEnabled() && (a.requiresGrad || b.requiresGrad));
+  let out: Tensor;
+  if (noGraph && cb !== null && cb.epi !== null && cb.epi.res === null && cb.epi.act === 0) {
+    out = pendingTensor(a.shape, new ConvPending(cb.x, cb.w, cb.b, cb.g, { ...cb.epi, res: a.values }), false);
+  } else if (noGraph && ca !== null && ca.epi !== null && ca.epi.res === null && ca.epi.act === 0) {
+    out = pendingTensor(a.shape, new ConvPending(ca.x, ca.w, ca.b, ca.g, { ...ca.epi, res: b.values }), false);
+  } else if (pb !== null && pb.res === null) {
+    // add(a, batch norm pending): fused (a following ReLU fuses too)
+    const res = a.values;
+    out = pendingResult(new BatchNormPending(pb.x, pb.mean, pb.scale, pb.shift, res, pb.n, pb.c, pb.hw), a.shape, { name: 'AddBackward', inputs: [a, b], backward: (gy) => [gy, gy] });
+  } else if (pa !== null && pa.res === null) {
+    const res = b.values;
+    out = pendingResult(new BatchNormPending(pa.x, pa.mean, pa.scale, pa.shift, res, pa.n, pa.c, pa.hw), a.shape, { name: 'AddBackward', inputs: [a, b], backward: (gy) => [gy, gy] });
+  } else {
+    out = result(getBackend().add(a.values, b.values), a.shape, 'AddBackward', [a, b], (gy) => [gy, gy]);
+  }
   if (tracer !== null) tracer('add', [a, b], out, {});
   return out;
 }

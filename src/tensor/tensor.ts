@@ -5,8 +5,12 @@
 // records in reverse topological order and accumulates gradients into the leaves' `.grad`.
 // After a backward pass the graph is released (like PyTorch without retain_graph), so memory
 // is reclaimed by the garbage collector: an ordinary training loop never calls dispose().
+// Optionally a step runs inside a step arena (backend/arena.ts, used by the trainer), which
+// recycles the kernels' output buffers for the next step instead; intermediate gradients are
+// handed back to it as soon as backward has consumed them.
 import { getBackend } from '../backend/registry.js';
-import type { F32 } from '../backend/backend.js';
+import type { Act, F32 } from '../backend/backend.js';
+import { arenaOf, currentArena, escape, releaseOutput, type ArenaScope } from '../backend/arena.js';
 
 let gradEnabled = true;
 
@@ -31,7 +35,29 @@ export interface GradFn {
   readonly inputs: readonly (Tensor | null)[];
   /** Given d(loss)/d(output), return d(loss)/d(input) for each input (null where not needed). */
   backward(gy: F32): (F32 | null)[];
+  /**
+   * Fusion (internal): an activation whose forward was fused with the batch norm feeding it
+   * sets `act`; that batch norm's record has `backwardAct`, its backward through the activation
+   * given the activation output's gradient. The engine uses it when the batch norm's output has
+   * no other consumer, skipping the activation's own backward pass.
+   */
+  readonly act?: Act;
+  backwardAct?(gy: F32, act: Act): (F32 | null)[];
 }
+
+/**
+ * Values computed on first read (internal). Ops use it to fuse: e.g. batch norm returns a
+ * tensor whose normalisation is still pending, and a following ReLU computes both in one pass
+ * without ever materialising the batch norm's output. Reading `values` materialises it, so a
+ * pending tensor behaves exactly like a computed one.
+ */
+export interface PendingValues {
+  readonly kind: string;
+  compute(): F32;
+}
+
+/** Placeholder storage of a pending tensor. */
+const PENDING = new Float32Array(0);
 
 export function shapeSize(shape: readonly number[]): number {
   let s = 1;
@@ -52,8 +78,11 @@ function checkShape(shape: readonly number[], what: string): void {
 export class Tensor {
   readonly shape: readonly number[];
   readonly size: number;
-  /** The storage. Backends read and write it directly; users read it through data()/dataSync(). */
-  values: F32;
+  private _values: F32;
+  /** Pending computation of the values (internal, see PendingValues), or null once computed. */
+  _pending: PendingValues | null = null;
+  /** The step arena that owns the storage (internal, see backend/arena.ts), or null. */
+  _arena: ArenaScope | null;
   requiresGrad: boolean;
   grad: Tensor | null = null;
   gradFn: GradFn | null = null;
@@ -64,13 +93,37 @@ export class Tensor {
   constructor(values: F32, shape: readonly number[], requiresGrad = false) {
     checkShape(shape, 'tensor');
     const size = shapeSize(shape);
-    if (values.length !== size) {
+    if (values !== PENDING && values.length !== size) {
       throw new Error(`tensor: ${values.length} values do not fit shape ${formatShape(shape)} (${size} elements)`);
     }
-    this.values = values;
+    this._values = values;
+    this._arena = values === PENDING ? currentArena() : arenaOf(values);
     this.shape = Object.freeze([...shape]);
     this.size = size;
     this.requiresGrad = requiresGrad;
+  }
+
+  /** The storage. Backends read and write it directly; users read it through data()/dataSync(). */
+  get values(): F32 {
+    if (this._arena !== null && this._arena.closed) staleArena(this);
+    if (this._pending !== null) this.materialize();
+    return this._values;
+  }
+
+  set values(v: F32) {
+    if (v.length !== this.size) throw new Error(`tensor: ${v.length} values do not fit shape ${formatShape(this.shape)}`);
+    this._values = v;
+    this._pending = null;
+    this._arena = arenaOf(v);
+  }
+
+  private materialize(): void {
+    const p = this._pending!;
+    const v = p.compute();
+    if (v.length !== this.size) throw new Error(`internal error: pending ${p.kind} produced ${v.length} values for shape ${formatShape(this.shape)}`);
+    this._values = v;
+    this._pending = null;
+    if (this._arena === null) this._arena = arenaOf(v);
   }
 
   get ndim(): number {
@@ -153,6 +206,31 @@ export class Tensor {
   }
 }
 
+/** A tensor whose values are computed on first read (internal, for fused ops). */
+export function pendingTensor(shape: readonly number[], pending: PendingValues, requiresGrad: boolean): Tensor {
+  const t = new Tensor(PENDING, shape, requiresGrad);
+  t._pending = pending;
+  return t;
+}
+
+/**
+ * Keep a tensor computed inside a step arena (withArena) beyond it: its storage is taken out of
+ * the arena and left to the garbage collector. Returns the tensor.
+ */
+export function keep(t: Tensor): Tensor {
+  const v = t.values;
+  escape(v);
+  t._arena = null;
+  return t;
+}
+
+function staleArena(t: Tensor): never {
+  throw new Error(
+    `tensor of shape ${formatShape(t.shape)} used after the step arena it was computed in ended (withArena): ` +
+      'its memory has been recycled; read the numbers you need inside the arena, or clone() the tensor there',
+  );
+}
+
 /** A tensor that is a module's learnable parameter: a leaf that requires grad. */
 export class Parameter extends Tensor {
   constructor(values: F32, shape: readonly number[], requiresGrad = true) {
@@ -163,12 +241,27 @@ export class Parameter extends Tensor {
 interface GradSlot {
   buf: F32;
   owned: boolean; // false while `buf` may be shared with another slot or a saved tensor
+  act: Act; // non-zero: buf is the gradient of an activation fused into this node's batch norm
+}
+
+/** Persistent storage of leaf gradients written inside a step arena (reused step after step). */
+const leafGradStore = new WeakMap<Tensor, F32>();
+
+function leafGradBuffer(t: Tensor): F32 {
+  let b = leafGradStore.get(t);
+  if (b === undefined || b.length !== t.size) {
+    b = new Float32Array(t.size);
+    leafGradStore.set(t, b);
+  }
+  return b;
 }
 
 function runBackward(root: Tensor, seed: F32, retainGraph: boolean): void {
-  // Topological order by iterative depth-first search over GradFn inputs.
+  // Topological order by iterative depth-first search over GradFn inputs; consumers counts the
+  // graph edges into each tensor.
   const order: Tensor[] = [];
   const visited = new Set<Tensor>();
+  const consumers = new Map<Tensor, number>();
   const stack: [Tensor, number][] = [[root, 0]];
   visited.add(root);
   while (stack.length > 0) {
@@ -178,19 +271,41 @@ function runBackward(root: Tensor, seed: F32, retainGraph: boolean): void {
     if (i < inputs.length) {
       top[1] = i + 1;
       const child = inputs[i];
-      if (child && child.requiresGrad && !visited.has(child)) {
-        visited.add(child);
-        stack.push([child, 0]);
+      if (child && child.requiresGrad) {
+        consumers.set(child, (consumers.get(child) ?? 0) + 1);
+        if (!visited.has(child)) {
+          visited.add(child);
+          stack.push([child, 0]);
+        }
       }
     } else {
       stack.pop();
       order.push(t);
     }
   }
+  for (const t of order) if (t._arena !== null && t._arena.closed) staleArena(t);
+
+  // Intermediate gradients are released (to the step arena, if one is active) as soon as no
+  // slot holds them any more; refs counts the slots holding each buffer.
+  const refs = new Map<F32, number>();
+  const hold = (b: F32): void => {
+    refs.set(b, (refs.get(b) ?? 0) + 1);
+  };
+  const drop = (b: F32): void => {
+    const r = (refs.get(b) ?? 0) - 1;
+    if (r > 0) {
+      refs.set(b, r);
+      return;
+    }
+    refs.delete(b);
+    if (b !== seed) releaseOutput(b);
+  };
 
   const backend = getBackend();
+  const inArena = currentArena() !== null;
   const grads = new Map<Tensor, GradSlot>();
-  grads.set(root, { buf: seed, owned: false });
+  grads.set(root, { buf: seed, owned: false, act: 0 });
+  hold(seed);
   for (let k = order.length - 1; k >= 0; k--) {
     const t = order[k];
     const slot = grads.get(t);
@@ -199,26 +314,55 @@ function runBackward(root: Tensor, seed: F32, retainGraph: boolean): void {
     const fn = t.gradFn;
     if (!fn) {
       // A leaf: accumulate into .grad.
-      if (!t.requiresGrad) continue;
-      if (t.grad === null) t.grad = new Tensor(slot.owned ? slot.buf : slot.buf.slice(), t.shape);
-      else backend.addInPlace(t.grad.values, slot.buf);
+      if (t.requiresGrad) {
+        if (t.grad !== null) backend.addInPlace(t.grad.values, slot.buf);
+        else if (inArena) {
+          const b = leafGradBuffer(t);
+          b.set(slot.buf);
+          t.grad = new Tensor(b, t.shape);
+        } else t.grad = new Tensor(slot.owned ? slot.buf : slot.buf.slice(), t.shape);
+      }
+      drop(slot.buf);
       continue;
     }
-    const inGrads = fn.backward(slot.buf);
+    if (fn.act && slot.act === 0) {
+      // An activation fused with the batch norm before it: when nothing else consumes the batch
+      // norm's output, hand this gradient straight to the batch norm's fused backward.
+      const u = fn.inputs[0];
+      if (u && u.requiresGrad && u.gradFn && u.gradFn.backwardAct && consumers.get(u) === 1 && !grads.has(u)) {
+        grads.set(u, { buf: slot.buf, owned: slot.owned, act: fn.act });
+        if (!retainGraph) t.gradFn = null;
+        continue;
+      }
+    }
+    const inGrads = slot.act !== 0 ? fn.backwardAct!(slot.buf, slot.act) : fn.backward(slot.buf);
+    const unused: F32[] = [];
     for (let j = 0; j < fn.inputs.length; j++) {
       const inp = fn.inputs[j];
       const g = inGrads[j];
-      if (!inp || !inp.requiresGrad || !g) continue;
+      if (!g) continue;
+      if (!inp || !inp.requiresGrad) {
+        unused.push(g);
+        continue;
+      }
       if (g.length !== inp.size) throw new Error(`internal error: ${fn.name} produced a gradient of ${g.length} values for an input of shape ${formatShape(inp.shape)}`);
       const prev = grads.get(inp);
       if (!prev) {
-        grads.set(inp, { buf: g, owned: false });
+        grads.set(inp, { buf: g, owned: false, act: 0 });
+        hold(g);
       } else if (prev.owned) {
         backend.addInPlace(prev.buf, g);
+        unused.push(g);
       } else {
-        grads.set(inp, { buf: backend.add(prev.buf, g), owned: true });
+        const sum = backend.add(prev.buf, g);
+        grads.set(inp, { buf: sum, owned: true, act: 0 });
+        hold(sum);
+        drop(prev.buf);
+        unused.push(g);
       }
     }
+    drop(slot.buf);
+    for (const g of unused) if (!refs.has(g) && g !== seed) releaseOutput(g);
     if (!retainGraph) t.gradFn = null;
   }
 }

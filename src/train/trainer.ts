@@ -22,6 +22,7 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { getBackend } from '../backend/registry.js';
+import { beginArena, endArena, withArena } from '../backend/arena.js';
 import { cifar10, type ImageDataset } from '../data/cifar10.js';
 import { DataLoader } from '../data/dataloader.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -322,6 +323,22 @@ export function epochLine(m: EpochMetrics, epochs: number): string {
 
 const round = (v: number, d: number) => (Number.isFinite(v) ? Number(v.toFixed(d)) : v);
 
+/**
+ * The batches of `it`, each one's processing inside its own step arena: the arena begins when a
+ * batch is handed out and ends when the consumer asks for the next one (evaluate() reads only
+ * plain numbers out of a batch before that).
+ */
+async function* arenaPerBatch<T>(it: AsyncIterable<T>): AsyncGenerator<T> {
+  for await (const b of it) {
+    const s = beginArena();
+    try {
+      yield b;
+    } finally {
+      endArena(s);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // The loop
 
@@ -414,6 +431,7 @@ export async function train(config: TrainConfig, hooks: TrainHooks = {}): Promis
   });
   const testLoader = new DataLoader(testSet, { batchSize: cfg.batchSize, shuffle: false });
   const savedConfig: TrainConfig = { ...cfg, out, data: resolve(cfg.data), resume: false };
+  const useArena = process.env.CONVNETS_ARENA !== '0';
 
   try {
     for (let epoch = startEpoch; epoch <= cfg.epochs; epoch++) {
@@ -436,21 +454,30 @@ export async function train(config: TrainConfig, hooks: TrainHooks = {}): Promis
         checkAbort(`at epoch ${epoch}, step ${step}`);
         lr = schedule.lrAt(globalStep);
         optimizer.lr = lr;
-        optimizer.zeroGrad();
-        const side = Math.round(Math.sqrt(b.x.length / (b.size * 3)));
-        const logits = net.forward(new Tensor(b.x, [b.size, 3, side, side]));
-        const loss = F.crossEntropy(logits, b.y, { labelSmoothing: cfg.labelSmoothing });
-        const lv = loss.item();
-        if (!Number.isFinite(lv)) {
-          const what = Number.isNaN(lv) ? 'NaN' : lv > 0 ? '+Inf' : '-Inf';
-          const keptMsg = epoch > 1 ? kept() : 'no checkpoint was written (it diverged in the first epoch); try a smaller --lr';
-          throw new TrainingError(`loss became ${what} at epoch ${epoch}, step ${step}; ${keptMsg}`);
-        }
-        loss.backward();
-        optimizer.step();
+        // One step inside a step arena (backend/arena.ts): its kernel outputs are recycled for
+        // the next step instead of being left to the garbage collector; only plain numbers
+        // leave it. CONVNETS_ARENA=0 turns this off.
+        const stepOnce = (): { lv: number; correct: number } => {
+          optimizer.zeroGrad();
+          const side = Math.round(Math.sqrt(b.x.length / (b.size * 3)));
+          const logits = net.forward(new Tensor(b.x, [b.size, 3, side, side]));
+          const loss = F.crossEntropy(logits, b.y, { labelSmoothing: cfg.labelSmoothing });
+          const lv = loss.item();
+          if (!Number.isFinite(lv)) {
+            const what = Number.isNaN(lv) ? 'NaN' : lv > 0 ? '+Inf' : '-Inf';
+            const keptMsg = epoch > 1 ? kept() : 'no checkpoint was written (it diverged in the first epoch); try a smaller --lr';
+            throw new TrainingError(`loss became ${what} at epoch ${epoch}, step ${step}; ${keptMsg}`);
+          }
+          const stepCorrect = countCorrect(logits.values, b.y, logits.shape[1]);
+          loss.backward();
+          optimizer.step();
+          return { lv, correct: stepCorrect };
+        };
+        const r = useArena ? withArena(stepOnce) : stepOnce();
+        const lv = r.lv;
         globalStep++;
         lossSum += lv * b.size;
-        correct += countCorrect(logits.values, b.y, logits.shape[1]);
+        correct += r.correct;
         seen += b.size;
         const secs = (performance.now() - t0) / 1000;
         hooks.onStep?.({
@@ -473,7 +500,7 @@ export async function train(config: TrainConfig, hooks: TrainHooks = {}): Promis
       hooks.onEvalStart?.({ epoch, images: testSet.length });
       const e0 = performance.now();
       testLoader.setEpoch(0);
-      const ev = await evaluate(net, testLoader, cfg.numClasses, {
+      const ev = await evaluate(net, useArena ? arenaPerBatch(testLoader) : testLoader, cfg.numClasses, {
         onBatch: (done, s) => hooks.onEvalStep?.({ epoch, images: done, totalImages: testSet.length, loss: s.loss, acc: s.accuracy, imagesPerSec: s.imagesPerSec }),
       });
       const evalSecs = (performance.now() - e0) / 1000;
