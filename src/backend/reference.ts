@@ -113,29 +113,34 @@ function conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom): F32 {
 
 // ---- batch norm -------------------------------------------------------------------------
 
+/** Mean and biased variance of channel ci of x: (N, C, HW), in float64 (two passes). */
+function channelMeanVar(x: F32, n: number, c: number, hw: number, ci: number): [number, number] {
+  const count = n * hw;
+  let s = 0;
+  for (let ni = 0; ni < n; ni++) {
+    const p = (ni * c + ci) * hw;
+    for (let i = 0; i < hw; i++) s += x[p + i];
+  }
+  const m = s / count;
+  let ss = 0;
+  for (let ni = 0; ni < n; ni++) {
+    const p = (ni * c + ci) * hw;
+    for (let i = 0; i < hw; i++) {
+      const d = x[p + i] - m;
+      ss += d * d;
+    }
+  }
+  return [m, ss / count];
+}
+
 // x: (N, C, HW) -> y, mean, biased variance, invstd
 function batchNormTrain(x: F32, weight: F32 | null, bias: F32 | null, n: number, c: number, hw: number, eps: number): BatchNormTrainResult {
   const y = new Float32Array(x.length);
   const mean = new Float32Array(c);
   const varBiased = new Float32Array(c);
   const invstd = new Float32Array(c);
-  const count = n * hw;
   for (let ci = 0; ci < c; ci++) {
-    let s = 0;
-    for (let ni = 0; ni < n; ni++) {
-      const p = (ni * c + ci) * hw;
-      for (let i = 0; i < hw; i++) s += x[p + i];
-    }
-    const m = s / count;
-    let ss = 0;
-    for (let ni = 0; ni < n; ni++) {
-      const p = (ni * c + ci) * hw;
-      for (let i = 0; i < hw; i++) {
-        const d = x[p + i] - m;
-        ss += d * d;
-      }
-    }
-    const v = ss / count;
+    const [m, v] = channelMeanVar(x, n, c, hw, ci);
     const is = 1 / Math.sqrt(v + eps);
     mean[ci] = m;
     varBiased[ci] = v;
@@ -170,23 +175,8 @@ function batchNormStats(x: F32, n: number, c: number, hw: number, eps: number): 
   const mean = new Float32Array(c);
   const varBiased = new Float32Array(c);
   const invstd = new Float32Array(c);
-  const count = n * hw;
   for (let ci = 0; ci < c; ci++) {
-    let s = 0;
-    for (let ni = 0; ni < n; ni++) {
-      const p = (ni * c + ci) * hw;
-      for (let i = 0; i < hw; i++) s += x[p + i];
-    }
-    const m = s / count;
-    let ss = 0;
-    for (let ni = 0; ni < n; ni++) {
-      const p = (ni * c + ci) * hw;
-      for (let i = 0; i < hw; i++) {
-        const d = x[p + i] - m;
-        ss += d * d;
-      }
-    }
-    const v = ss / count;
+    const [m, v] = channelMeanVar(x, n, c, hw, ci);
     mean[ci] = m;
     varBiased[ci] = v;
     invstd[ci] = 1 / Math.sqrt(v + eps);
