@@ -7,6 +7,7 @@
         "native/pool.c",
         "native/gemm.c",
         "native/conv.c",
+        "native/conv_direct.c",
         "native/kernels.c",
         "native/dw_avx512.c"
       ],

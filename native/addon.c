@@ -17,7 +17,7 @@
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 3
+#define CN_ADDON_VERSION 4
 #define MAXARGS 16
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -678,6 +678,25 @@ static napi_value js_set_isa(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* byteAlignment(typedArray): the address of its first element modulo 64 (the arena aligns
+ * pooled buffers to cache lines with it: SIMD loads that straddle two lines cost twice). */
+static napi_value js_byte_alignment(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  bool ista = false;
+  void *data = NULL;
+  size_t len = 0;
+  napi_typedarray_type type;
+  if (c.argc < 1 || napi_is_typedarray(env, c.argv[0], &ista) != napi_ok || !ista ||
+      napi_get_typedarray_info(env, c.argv[0], &type, &len, &data, NULL, NULL) != napi_ok) {
+    napi_throw_type_error(env, NULL, "convnets native: byteAlignment expects a typed array");
+    return NULL;
+  }
+  napi_value r;
+  napi_create_uint32(env, (uint32_t)((uintptr_t)data % 64), &r);
+  return r;
+}
+
 /* ---- allocator tuning ------------------------------------------------------------------------
  * Every kernel returns fresh tensors (tens of MB each at batch 128). By default glibc serves
  * such sizes with mmap and returns them with munmap, so every output pays page faults plus the
@@ -731,6 +750,7 @@ NAPI_MODULE_INIT() {
       {"setThreads", js_set_threads},
       {"getIsa", js_get_isa},
       {"setIsa", js_set_isa},
+      {"byteAlignment", js_byte_alignment},
   };
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
     napi_value f;

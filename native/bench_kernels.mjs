@@ -27,7 +27,12 @@ if (opt('isa', '')) {
 }
 
 function rand(n) {
-  const a = new Float32Array(n);
+  let a = new Float32Array(n);
+  if (process.env.BENCH_ALIGN) {
+    const b = new ArrayBuffer(4 * n + 64);
+    const mis = A.byteAlignment(new Float32Array(b, 0, 1));
+    a = new Float32Array(b, (64 - mis) % 64, n);
+  }
   for (let i = 0; i < n; i++) a[i] = Math.random() - 0.5;
   return a;
 }

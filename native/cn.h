@@ -117,6 +117,11 @@ void cn_conv2d(const float *x, const float *w, const float *b, float *y, const c
 /* convolution with an epilogue (epi->bias is the conv bias; epi->out_base == y) */
 void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom *g, const cn_epilogue *epi);
 void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
+/* direct stride-1 "same" convolution without im2col (conv_direct.c, AVX-512); applies() says
+ * whether the geometry (and the selected ISA) is supported; epi may be NULL */
+int cn_conv_direct_applies(const cn_conv_geom *g);
+void cn_conv_direct(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
+                    const cn_epilogue *epi);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 
 /* ---- other kernels (kernels.c) ----------------------------------------------------------- */

@@ -249,6 +249,10 @@ static void conv2d_impl(const float *x, const float *w, const float *b, float *y
       cn_dw_forward(x, w, b, y, g);
     return;
   }
+  if (cn_conv_direct_applies(g)) {
+    cn_conv_direct(x, w, b, y, g, epi);
+    return;
+  }
   const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
   for (long gr = 0; gr < g->groups; gr++) {
     im2col_ctx s;

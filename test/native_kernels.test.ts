@@ -137,6 +137,11 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['depthwise 3x3 s2 p1 15x17 (odd sizes)', 2, 5, 15, 17, 5, 3, 3, 2, 2, 1, 1, 5, false],
     ['depthwise 3x3 s2 p1 16x48, multiplier 2', 2, 4, 16, 48, 8, 3, 3, 2, 2, 1, 1, 4, true],
     ['odd sizes spanning column blocks and images', 3, 40, 20, 20, 50, 3, 3, 1, 1, 1, 1, 1, true],
+    // the direct stride-1 convolution (conv_direct.c): 32x32 planes run in channel blocks of 32
+    // (here 32 + 8) with partial sums kept in the output; 12 outputs = a partial channel block
+    ['direct 3x3 32x32, channel blocks, 12 outputs', 1, 40, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1, true],
+    ['direct 5x5 s1 p2 8x8 (25 taps)', 3, 6, 8, 8, 10, 5, 5, 1, 1, 2, 2, 1, true],
+    ['direct 3x5 s1 p(1,2) 4x8 (rectangular kernel)', 2, 5, 4, 8, 9, 3, 5, 1, 1, 1, 2, 1, false],
   ];
 
   for (const [name, n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, bias] of convCases) {
@@ -274,6 +279,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       ['3x3 4x4 planes (tiles across images)', convGeom(4, 16, 4, 4, 24, 3, 3, 1, 1, 1, 1, 1), true],
       ['pointwise 2x2 planes', convGeom(16, 40, 2, 2, 24, 1, 1, 1, 1, 0, 0, 1), true],
       ['3x3 s1 deep (several depth blocks)', convGeom(2, 40, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1), false],
+      ['3x3 32x32 (direct, channel blocks)', convGeom(1, 36, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1), true],
       ['depthwise 32x32', convGeom(2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 16), true],
       ['depthwise 8x8 s1', convGeom(3, 20, 8, 8, 20, 3, 3, 1, 1, 1, 1, 20), false],
       ['depthwise 8x8 s2', convGeom(3, 20, 8, 8, 20, 3, 3, 2, 2, 1, 1, 20), false],

@@ -59,10 +59,25 @@ let freshInArena = 0;
  */
 const KEEP_SCOPES = 256;
 
+/**
+ * Reports the address of a typed array's first element modulo 64, when a backend can tell
+ * (native: SIMD loads that straddle two cache lines cost twice, so large buffers start on a
+ * cache line). Null: no alignment beyond the allocator's.
+ */
+let addressMod64: ((a: F32) => number) | null = null;
+export function setAddressProbe(probe: ((a: F32) => number) | null): void {
+  addressMod64 = probe;
+}
+
 function fresh(n: number): F32 {
   if (n < UNINIT_MIN) return new Float32Array(n);
   // Uninitialised memory (Buffer.allocUnsafeSlow: not pooled by Node, so the Float32Array
-  // owns its whole ArrayBuffer).
+  // owns its whole ArrayBuffer), starting on a 64-byte boundary where the backend can tell.
+  if (addressMod64 !== null) {
+    const b = Buffer.allocUnsafeSlow(n * 4 + 64);
+    const mis = addressMod64(new Float32Array(b.buffer, b.byteOffset, 1));
+    if (mis % 4 === 0) return new Float32Array(b.buffer, b.byteOffset + ((64 - mis) % 64), n);
+  }
   const b = Buffer.allocUnsafeSlow(n * 4);
   return new Float32Array(b.buffer, b.byteOffset, n);
 }

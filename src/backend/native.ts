@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Act, AdamHyper, Backend, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
-import { allocOutput } from './arena.js';
+import { allocOutput, setAddressProbe } from './arena.js';
 
 /** The functions exported by the compiled addon (native/addon.c). */
 interface NativeAddon {
@@ -40,9 +40,10 @@ interface NativeAddon {
   setThreads(n: number): number;
   getIsa(): string;
   setIsa(name: string): boolean;
+  byteAlignment(a: F32): number;
 }
 
-const ADDON_VERSION = 3;
+const ADDON_VERSION = 4;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -273,6 +274,7 @@ function tryLoad(): { backend: Backend | null; reason: string } {
       return { backend: null, reason: `the native addon ${path} is out of date (rebuild it)` };
     }
     addon = mod;
+    setAddressProbe((a) => mod.byteAlignment(a));
     return { backend: makeBackend(mod), reason: `native CPU backend (${mod.getIsa()})` };
   } catch (e) {
     return { backend: null, reason: `the native addon could not be loaded: ${firstLine(e)}` };
