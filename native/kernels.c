@@ -16,6 +16,8 @@ typedef struct {
   void (*bn_apply)(const float *p, float *q, long hw, float m, float k, float bt);
   void (*bn_bw_apply)(const float *g, const float *x, float *d, long hw, float m, float k, float mdy, float q);
   void (*bn_apply_act)(const float *p, const float *r, float *q, long hw, float m, float k, float bt, int act);
+  void (*bn_apply_act_v)(const float *p, const float *r, float *q, long len, const float *m, const float *k,
+                         const float *bt, int act);
   void (*epi_rows)(float *y, const float *res, long ldc, long rows, long n, long ch0, const float *bias,
                    const float *mean, const float *scale, const float *shift, int act);
   void (*stats_planes)(const float *x, long hw, long count, long stride, double *cnt, double *mean, double *m2);
@@ -163,6 +165,7 @@ typedef struct {
   int act;                        /* 0 none, 1 ReLU, 2 ReLU6 */
   float *dw, *db;                 /* parameter gradients (backward) */
   long cpt;                       /* channels per task (per-channel backward) */
+  int expanded;                   /* km/kk/kb hold c*hw per-element coefficients (small planes) */
 } bn_job;
 
 
@@ -172,6 +175,18 @@ static void bn_apply_task(void *ctx, long t, int tid) {
   const long p0 = t * J->planes_per_task;
   long p1 = p0 + J->planes_per_task;
   if (p1 > J->n * J->c) p1 = J->n * J->c;
+  if (J->expanded) {
+    /* runs of consecutive planes inside one image */
+    for (long pl = p0; pl < p1;) {
+      const long ci = pl % J->c;
+      const long end = pl - ci + J->c < p1 ? pl - ci + J->c : p1;
+      const long off = ci * J->hw, len = (end - pl) * J->hw;
+      K.bn_apply_act_v(J->x + pl * J->hw, J->res ? J->res + pl * J->hw : NULL, J->y + pl * J->hw, len, J->km + off,
+                       J->kk + off, J->kb + off, J->act);
+      pl = end;
+    }
+    return;
+  }
   if (J->act == 0 && !J->res) {
     for (long pl = p0; pl < p1; pl++) {
       const long ci = pl % J->c;
@@ -257,7 +272,25 @@ void cn_bn_apply(const float *x, const float *mean, const float *scale, const fl
   J.res = res;
   J.act = act;
   J.planes_per_task = apply_planes_per_task(hw);
+  float *ex = NULL;
+  if (hw < 64) {
+    /* small planes (4x4, 2x2): a call per plane costs more than its data; expand the
+     * coefficients to one per element of an image instead */
+    ex = (float *)malloc(sizeof(float) * (size_t)(3 * c * hw));
+    if (!ex) abort();
+    for (long ci = 0; ci < c; ci++)
+      for (long i = 0; i < hw; i++) {
+        ex[ci * hw + i] = mean[ci];
+        ex[(c + ci) * hw + i] = scale[ci];
+        ex[(2 * c + ci) * hw + i] = shift[ci];
+      }
+    J.km = ex;
+    J.kk = ex + c * hw;
+    J.kb = ex + 2 * c * hw;
+    J.expanded = 1;
+  }
   run_tasks((n * c + J.planes_per_task - 1) / J.planes_per_task, bn_apply_task, &J, n * c * hw);
+  free(ex);
 }
 
 void cn_bn_train(const float *x, const float *wt, const float *bs, float *y, float *mean, float *var, float *invstd,

@@ -141,6 +141,19 @@ static ISA_ATTR void FN(bn_apply_act)(const float *CN_RESTRICT p, const float *C
   }
 }
 
+/* bn_apply_act with per-element coefficients (m[i], k[i], bt[i]): small planes, where a run of
+ * consecutive planes is one vector loop instead of a call per plane (same arithmetic) */
+static ISA_ATTR void FN(bn_apply_act_v)(const float *CN_RESTRICT p, const float *CN_RESTRICT r, float *CN_RESTRICT q,
+                                        long len, const float *m, const float *k, const float *bt, int act) {
+  for (long i = 0; i < len; i++) {
+    float v = CN_BN_VAL(p[i], m[i], k[i], bt[i]);
+    if (r) v = r[i] + v;
+    if (act == 1) v = (v > 0.0f || v != v) ? v : 0.0f;
+    else if (act == 2) v = v > 0.0f ? (v > 6.0f ? 6.0f : v) : (v != v ? v : 0.0f);
+    q[i] = v;
+  }
+}
+
 /* the inference epilogue on rows of an output, in place: row r (channel ch0 + r) is y + r * ldc,
  * n values; y = act(CN_BN_VAL(y (+ bias), m, k, bt) (+ res)) -- the arithmetic of the separate
  * passes. res rows have the same layout (res + r * ldc) or res is NULL. */
@@ -798,6 +811,7 @@ static void FN(fill_table)(cn_ktab *t) {
   t->bn_apply = FN(bn_apply);
   t->bn_bw_apply = FN(bn_bw_apply);
   t->bn_apply_act = FN(bn_apply_act);
+  t->bn_apply_act_v = FN(bn_apply_act_v);
   t->epi_rows = FN(epi_rows);
   t->stats_planes = FN(stats_planes);
   t->dot2_planes = FN(dot2_planes);
