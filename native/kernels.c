@@ -216,12 +216,40 @@ static long apply_planes_per_task(long hw) {
   return p < 1 ? 1 : p;
 }
 
+/* Planes smaller than this are walked a block of channels at a time (stats, backward). */
+#define BN_SMALL_PLANE 256
+#define BN_BLOCK 64
+/* the per-channel kernels' grouping of planes (kernels_isa.h bn_group): block walks call them
+ * one group at a time, which gives the same arithmetic */
+static long bn_group_planes(long hw) { return hw >= 1024 ? 1 : 1024 / (hw > 0 ? hw : 1); }
+
 /* batch statistics: mean, biased variance and invstd per channel. One task per group of
  * channels, each walking its channels' planes in image order (deterministic). */
 static void bn_stats_chan_task(void *ctx, long t, int tid) {
   (void)tid;
   const bn_job *J = (const bn_job *)ctx;
   const long c0 = t * J->cpt, c1 = c0 + J->cpt < J->c ? c0 + J->cpt : J->c;
+  if (J->hw < BN_SMALL_PLANE) {
+    /* small planes (one cache line or a few): walk the channel block image group by image
+     * group, so that neighbouring channels' lines are read together instead of one strided
+     * line per image per channel; same groups, same arithmetic as the per-channel walk */
+    const long G = bn_group_planes(J->hw);
+    for (long b0 = c0; b0 < c1; b0 += BN_BLOCK) {
+      const long b1 = b0 + BN_BLOCK < c1 ? b0 + BN_BLOCK : c1;
+      double cnt[BN_BLOCK] = {0}, m[BN_BLOCK] = {0}, m2[BN_BLOCK] = {0};
+      for (long p0 = 0; p0 < J->n; p0 += G) {
+        const long np = J->n - p0 < G ? J->n - p0 : G;
+        for (long ci = b0; ci < b1; ci++)
+          K.stats_planes(J->x + (p0 * J->c + ci) * J->hw, J->hw, np, J->c * J->hw, &cnt[ci - b0], &m[ci - b0],
+                         &m2[ci - b0]);
+      }
+      for (long ci = b0; ci < b1; ci++) {
+        J->pa[ci] = m[ci - b0];
+        J->pb[ci] = cnt[ci - b0] > 0 ? m2[ci - b0] / cnt[ci - b0] : 0.0;
+      }
+    }
+    return;
+  }
   for (long ci = c0; ci < c1; ci++) {
     double cnt = 0.0, m = 0.0, m2 = 0.0;
     K.stats_planes(J->x + ci * J->hw, J->hw, J->n, J->c * J->hw, &cnt, &m, &m2);
@@ -332,6 +360,41 @@ static void bn_bw_chan_task(void *ctx, long t, int tid) {
   const long c0 = t * J->cpt, c1 = c0 + J->cpt < J->c ? c0 + J->cpt : J->c;
   const long n = J->n, c = J->c, hw = J->hw;
   const double cnt = (double)n * (double)hw;
+  if (hw < BN_SMALL_PLANE) {
+    /* small planes: the block's reductions group by group of images (as in the statistics),
+     * then the apply pass image by image over the block (contiguous runs of planes) */
+    const long G = bn_group_planes(hw);
+    for (long b0 = c0; b0 < c1; b0 += BN_BLOCK) {
+      const long b1 = b0 + BN_BLOCK < c1 ? b0 + BN_BLOCK : c1;
+      double sdy[BN_BLOCK] = {0}, sdyx[BN_BLOCK] = {0};
+      float kk[BN_BLOCK], mdy[BN_BLOCK], q[BN_BLOCK];
+      for (long p0 = 0; p0 < n; p0 += G) {
+        const long np = n - p0 < G ? n - p0 : G;
+        for (long ci = b0; ci < b1; ci++)
+          K.dot2_planes(J->dy + (p0 * c + ci) * hw, J->x + (p0 * c + ci) * hw, hw, np, c * hw, J->mean[ci],
+                        J->act ? J->ka[ci] : 0.0f, J->act ? J->kt[ci] : 0.0f, J->act, &sdy[ci - b0], &sdyx[ci - b0]);
+      }
+      for (long ci = b0; ci < b1; ci++) {
+        const double is = J->invstd[ci];
+        const double sx = sdyx[ci - b0] * is; /* sum dy * xhat */
+        J->dw[ci] = (float)sx;
+        J->db[ci] = (float)sdy[ci - b0];
+        kk[ci - b0] = (J->wt ? J->wt[ci] : 1.0f) * (float)is;
+        mdy[ci - b0] = (float)(sdy[ci - b0] / cnt);
+        q[ci - b0] = (float)(sx / cnt * is);
+      }
+      for (long ni = 0; ni < n; ni++)
+        for (long ci = b0; ci < b1; ci++) {
+          const long off = (ni * c + ci) * hw, k = ci - b0;
+          if (J->act)
+            K.bn_bw_apply_act(J->dy + off, J->x + off, J->y + off, hw, J->mean[ci], kk[k], mdy[k], q[k], J->ka[ci],
+                              J->kt[ci], J->act);
+          else
+            K.bn_bw_apply(J->dy + off, J->x + off, J->y + off, hw, J->mean[ci], kk[k], mdy[k], q[k]);
+        }
+    }
+    return;
+  }
   for (long ci = c0; ci < c1; ci++) {
     const float m = J->mean[ci];
     double sdy = 0.0, sdyx = 0.0;
