@@ -122,6 +122,9 @@ void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const 
 int cn_conv_direct_applies(const cn_conv_geom *g);
 void cn_conv_direct(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
                     const cn_epilogue *epi);
+/* its weight gradient (also needs O % 8 == 0 and kw == 3) */
+int cn_conv_direct_bw_applies(const cn_conv_geom *g);
+void cn_conv_direct_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 
 /* ---- other kernels (kernels.c) ----------------------------------------------------------- */

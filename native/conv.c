@@ -550,6 +550,10 @@ void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const
     cn_dw_backward_weight(dy, x, dw, g);
     return;
   }
+  if (cn_conv_direct_bw_applies(g)) {
+    cn_conv_direct_backward_weight(dy, x, dw, g);
+    return;
+  }
   const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
   /* a power of two (balanced on 2 or 4 threads), at most the batch size */
   long nchunks = 1;

@@ -190,6 +190,173 @@ static void dc_pack_task(void *ctx, long ob, int tid) {
     }
 }
 
+/* masks[q][t]: lanes of the 16 positions from q*16 whose tap t = (ky, kx) lies inside the plane;
+ * delta[t]: the tap's offset in the flattened plane */
+static void dc_fill_masks(uint16_t *masks, long *delta, const cn_conv_geom *g) {
+  const long vpp = g->oh * g->ow / 16, taps = g->kh * g->kw;
+  for (long q = 0; q < vpp; q++)
+    for (long ky = 0; ky < g->kh; ky++)
+      for (long kx = 0; kx < g->kw; kx++) {
+        unsigned m = 0;
+        for (long l = 0; l < 16; l++) {
+          const long p = q * 16 + l, oy = p / g->ow, ox = p % g->ow;
+          const long iy = oy + ky - g->ph, ix = ox + kx - g->pw;
+          if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) m |= 1u << l;
+        }
+        masks[q * taps + ky * g->kw + kx] = (uint16_t)m;
+      }
+  for (long ky = 0; ky < g->kh; ky++)
+    for (long kx = 0; kx < g->kw; kx++) delta[ky * g->kw + kx] = (ky - g->ph) * g->w + (kx - g->pw);
+}
+
+/* ---- weight gradient ---------------------------------------------------------------------------
+ *
+ *   dw[o][c][ky][kx] = sum over (n, p) of dy[n][o][p] * x[n][c][p + delta(ky, kx)]   (masked)
+ *
+ * Positions are the vector lanes: 8 output channels x the 3 taps of one kernel row (24
+ * accumulators; kernels 3 wide) collect 16 partial sums each over a chunk of images, loading 8 dy
+ * vectors and kw shifted, masked x vectors per 16 positions. At the end of a chunk the lanes are
+ * summed and added to dw, chunk after chunk in image order: every dw element has one fixed
+ * order of additions, whatever the number of threads (tasks own disjoint (o-block, channel)
+ * ranges of dw). */
+
+typedef struct {
+  const float *dy, *x;
+  float *dw;
+  const uint16_t *masks; /* [P/16][taps] */
+  long delta[DC_MAX_TAPS];
+  long N, C, O, P, kh, kw, taps, cimg, cper, cblocks;
+  long halo; /* floats read before/after a plane: ph*W + pw (masked) */
+} dcw_job;
+
+/* acc: the tile's 24 lane accumulators between chunks (first chunk: start from zero; last
+ * chunk: sum the lanes into dw instead of storing them back) */
+DC_A512 __attribute__((noinline)) static void dcw_row3(const dcw_job *J, const float *ds, long S, const float *xs,
+                                                       long nimg, long o0, long c, long ky, float *acc, int first,
+                                                       int last) {
+#define DCW_L(r, k) (first ? _mm512_setzero_ps() : _mm512_load_ps(acc + ((r)*3 + (k)) * 16))
+  __m512 a00 = DCW_L(0, 0), a01 = DCW_L(0, 1), a02 = DCW_L(0, 2), a10 = DCW_L(1, 0), a11 = DCW_L(1, 1), a12 = DCW_L(1, 2);
+  __m512 a20 = DCW_L(2, 0), a21 = DCW_L(2, 1), a22 = DCW_L(2, 2), a30 = DCW_L(3, 0), a31 = DCW_L(3, 1), a32 = DCW_L(3, 2);
+  __m512 a40 = DCW_L(4, 0), a41 = DCW_L(4, 1), a42 = DCW_L(4, 2), a50 = DCW_L(5, 0), a51 = DCW_L(5, 1), a52 = DCW_L(5, 2);
+  __m512 a60 = DCW_L(6, 0), a61 = DCW_L(6, 1), a62 = DCW_L(6, 2), a70 = DCW_L(7, 0), a71 = DCW_L(7, 1), a72 = DCW_L(7, 2);
+#undef DCW_L
+  const long P = J->P, vpp = P / 16, taps = J->taps;
+  const long d0 = J->delta[ky * 3], d1 = J->delta[ky * 3 + 1], d2 = J->delta[ky * 3 + 2];
+  const float *g = ds, *xn = xs;
+  for (long n = 0; n < nimg; n++) {
+    const uint16_t *m = J->masks + ky * 3;
+    for (long q = 0; q < vpp; q++, g += 16, xn += 16, m += taps) {
+      const __m512 x0 = _mm512_maskz_loadu_ps((__mmask16)m[0], xn + d0);
+      const __m512 x1 = _mm512_maskz_loadu_ps((__mmask16)m[1], xn + d1);
+      const __m512 x2 = _mm512_maskz_loadu_ps((__mmask16)m[2], xn + d2);
+      __m512 gv;
+#define DCW_R(r)                                                                                                       \
+  gv = _mm512_load_ps(g + (r)*S);                                                                                      \
+  __asm__("" : "+v"(gv)); /* one load, kept in a register (not folded into each of the 3 FMAs) */                    \
+  a##r##0 = _mm512_fmadd_ps(gv, x0, a##r##0);                                                                          \
+  a##r##1 = _mm512_fmadd_ps(gv, x1, a##r##1);                                                                          \
+  a##r##2 = _mm512_fmadd_ps(gv, x2, a##r##2)
+      DCW_R(0); DCW_R(1); DCW_R(2); DCW_R(3); DCW_R(4); DCW_R(5); DCW_R(6); DCW_R(7);
+#undef DCW_R
+    }
+  }
+  if (!last) {
+#define DCW_K(r)                                                                                                       \
+  _mm512_store_ps(acc + ((r)*3) * 16, a##r##0);                                                                        \
+  _mm512_store_ps(acc + ((r)*3 + 1) * 16, a##r##1);                                                                    \
+  _mm512_store_ps(acc + ((r)*3 + 2) * 16, a##r##2)
+    DCW_K(0); DCW_K(1); DCW_K(2); DCW_K(3); DCW_K(4); DCW_K(5); DCW_K(6); DCW_K(7);
+#undef DCW_K
+    return;
+  }
+  float *dw = J->dw + (o0 * J->C + c) * taps + ky * 3;
+  const long rs = J->C * taps;
+#define DCW_S(r)                                                                                                       \
+  dw[(r)*rs] = _mm512_reduce_add_ps(a##r##0);                                                                          \
+  dw[(r)*rs + 1] = _mm512_reduce_add_ps(a##r##1);                                                                      \
+  dw[(r)*rs + 2] = _mm512_reduce_add_ps(a##r##2)
+  DCW_S(0); DCW_S(1); DCW_S(2); DCW_S(3); DCW_S(4); DCW_S(5); DCW_S(6); DCW_S(7);
+#undef DCW_S
+}
+
+/* The chunk's operands are first copied to contiguous scratch: dy rows and x planes of
+ * consecutive images are 4 KiB multiples apart in the tensors, so they would all map to the
+ * same few L1/L2 sets and evict each other between the 3 kernel rows and the 8 output rows that
+ * reuse them. dy rows get a stride of a cache line past the chunk (no aliasing); the x planes of
+ * the chunk's images are concatenated (lanes that would cross into a neighbouring image are
+ * masked off). */
+#ifndef DCW_OBG
+#define DCW_OBG 2 /* output-channel blocks of 8 per task: they share the copy of each x plane */
+#endif
+#ifndef DCW_CHUNK
+#define DCW_CHUNK 4096 /* positions per chunk: the chunk's dy rows (DCW_OBG * 8 of them) stay in L2 */
+#endif
+
+static void dcw_task(void *ctx, long task, int tid) {
+  const dcw_job *J = (const dcw_job *)ctx;
+  const long nob = J->O / 8, og = task / J->cblocks, cb = task % J->cblocks;
+  const long ob0 = og * DCW_OBG, ob1 = ob0 + DCW_OBG < nob ? ob0 + DCW_OBG : nob;
+  const long c0 = cb * J->cper, c1 = c0 + J->cper < J->C ? c0 + J->cper : J->C;
+  const long P = J->P, S = J->cimg * P + 16, halo = J->halo, rows = (ob1 - ob0) * 8;
+  /* lane accumulators of every (output block, channel, kernel row) tile: 24 vectors each */
+  const long tiles = (ob1 - ob0) * (c1 - c0) * J->kh;
+  float *acc = J->N > J->cimg ? cn_ws(tid, CN_WS_TMP, (size_t)(tiles * 24 * 16)) : NULL;
+  float *ds = cn_ws(tid, CN_WS_PACKA, (size_t)(rows * S));
+  float *xbuf = cn_ws(tid, CN_WS_PACKB, (size_t)(J->cimg * P + 2 * halo));
+  if ((J->N > J->cimg && !acc) || !ds || !xbuf) abort();
+  float *xs = xbuf + halo;
+  for (long n0 = 0; n0 < J->N; n0 += J->cimg) {
+    const long n1 = n0 + J->cimg < J->N ? n0 + J->cimg : J->N;
+    for (long r = 0; r < rows; r++)
+      for (long n = n0; n < n1; n++)
+        memcpy(ds + r * S + (n - n0) * P, J->dy + (n * J->O + ob0 * 8 + r) * P, sizeof(float) * (size_t)P);
+    for (long c = c0; c < c1; c++) {
+      for (long n = n0; n < n1; n++) memcpy(xs + (n - n0) * P, J->x + (n * J->C + c) * P, sizeof(float) * (size_t)P);
+      for (long ob = ob0; ob < ob1; ob++)
+        for (long ky = 0; ky < J->kh; ky++) {
+          float *ac = acc ? acc + (((ob - ob0) * (c1 - c0) + (c - c0)) * J->kh + ky) * 24 * 16 : NULL;
+          dcw_row3(J, ds + (ob - ob0) * 8 * S, S, xs, n1 - n0, ob * 8, c, ky, ac, n0 == 0, n1 == J->N);
+        }
+    }
+  }
+}
+
+int cn_conv_direct_bw_applies(const cn_conv_geom *g) {
+  return cn_conv_direct_applies(g) && g->o % 8 == 0 && g->kw == 3;
+}
+
+void cn_conv_direct_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g) {
+  dcw_job J;
+  memset(&J, 0, sizeof(J));
+  J.dy = dy;
+  J.x = x;
+  J.dw = dw;
+  J.N = g->n;
+  J.C = g->c;
+  J.O = g->o;
+  J.P = g->oh * g->ow;
+  J.kh = g->kh;
+  J.kw = g->kw;
+  J.taps = g->kh * g->kw;
+  J.halo = (g->ph * g->w + g->pw + 15) / 16 * 16;
+  const long vpp = J.P / 16;
+  /* chunks of about DCW_CHUNK positions (all images of 4x4 planes: no accumulators to keep) */
+  J.cimg = DCW_CHUNK / J.P > 1 ? DCW_CHUNK / J.P : 1;
+  uint16_t *masks = (uint16_t *)cn_gws(CN_GWS_B, ((size_t)(vpp * J.taps) * sizeof(uint16_t) + 3) / 4);
+  if (!masks) abort();
+  dc_fill_masks(masks, J.delta, g);
+  J.masks = masks;
+  /* at least 4 tasks per thread where the channels allow it */
+  const long ogs = (J.O / 8 + DCW_OBG - 1) / DCW_OBG;
+  const int T = cn_num_threads();
+  J.cblocks = (4L * T + ogs - 1) / ogs;
+  if (J.cblocks > J.C) J.cblocks = J.C;
+  if (J.cblocks < 1) J.cblocks = 1;
+  J.cper = (J.C + J.cblocks - 1) / J.cblocks;
+  J.cblocks = (J.C + J.cper - 1) / J.cper;
+  cn_parallel(ogs * J.cblocks, dcw_task, &J);
+}
+
 int cn_conv_direct_applies(const cn_conv_geom *g) {
   static int disabled = -1;
   if (disabled < 0) {
@@ -229,19 +396,7 @@ void cn_conv_direct(const float *x, const float *w, const float *b, float *y, co
   dc_pack_job PJ = {w, buf, J.O, K};
   cn_parallel(ob, dc_pack_task, &PJ);
   uint16_t *masks = (uint16_t *)(buf + wfloats);
-  for (long q = 0; q < vpp; q++)
-    for (long ky = 0; ky < g->kh; ky++)
-      for (long kx = 0; kx < g->kw; kx++) {
-        unsigned m = 0;
-        for (long l = 0; l < 16; l++) {
-          const long p = q * 16 + l, oy = p / g->ow, ox = p % g->ow;
-          const long iy = oy + ky - g->ph, ix = ox + kx - g->pw;
-          if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) m |= 1u << l;
-        }
-        masks[q * J.taps + ky * g->kw + kx] = (uint16_t)m;
-      }
-  for (long ky = 0; ky < g->kh; ky++)
-    for (long kx = 0; kx < g->kw; kx++) J.delta[ky * g->kw + kx] = (ky - g->ph) * g->w + (kx - g->pw);
+  dc_fill_masks(masks, J.delta, g);
   J.halo = g->ph * g->w + g->pw;
   J.x = x;
   J.wp = buf;
@@ -256,6 +411,14 @@ void cn_conv_direct(const float *x, const float *w, const float *b, float *y, co
 int cn_conv_direct_applies(const cn_conv_geom *g) {
   (void)g;
   return 0;
+}
+int cn_conv_direct_bw_applies(const cn_conv_geom *g) {
+  (void)g;
+  return 0;
+}
+void cn_conv_direct_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g) {
+  (void)dy, (void)x, (void)dw, (void)g;
+  abort();
 }
 void cn_conv_direct(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
                     const cn_epilogue *epi) {
