@@ -165,8 +165,16 @@ for (const T of threadList) {
     console.log('  MobileNetV2 pointwise convs:');
     tot += benchConv('1x1 24->144 32x32', geom(batch, 24, 32, 32, 144, 1, 1, 0));
     tot += benchConv('1x1 144->24 32x32', geom(batch, 144, 32, 32, 24, 1, 1, 0));
+    tot += benchConv('1x1 96->24 32x32', geom(batch, 96, 32, 32, 24, 1, 1, 0));
+    tot += benchConv('1x1 32->16 32x32', geom(batch, 32, 32, 32, 16, 1, 1, 0));
+    tot += benchConv('1x1 16->96 32x32', geom(batch, 16, 32, 32, 96, 1, 1, 0));
+    tot += benchConv('1x1 192->32 16x16', geom(batch, 192, 16, 16, 32, 1, 1, 0));
     tot += benchConv('1x1 64->384 8x8', geom(batch, 64, 8, 8, 384, 1, 1, 0));
     tot += benchConv('1x1 320->1280 4x4', geom(batch, 320, 4, 4, 1280, 1, 1, 0));
+    console.log('  MobileNetV1 pointwise convs (small planes):');
+    tot += benchConv('1x1 512->512 4x4', geom(batch, 512, 4, 4, 512, 1, 1, 0));
+    tot += benchConv('1x1 1024->1024 2x2', geom(batch, 1024, 2, 2, 1024, 1, 1, 0));
+    tot += benchConv('1x1 128->128 16x16', geom(batch, 128, 16, 16, 128, 1, 1, 0));
     console.log(`  total ${tot.toFixed(1)} ms`);
   }
   if (only.includes('dw')) {

@@ -42,7 +42,7 @@ void cn_pool_shutdown(void);
 enum { CN_WS_PACKA = 0, CN_WS_PACKB, CN_WS_TMP, CN_WS_TMP2, CN_WS_TILE, CN_WS_NSLOTS };
 float *cn_ws(int tid, int slot, size_t nfloats);
 /* Process-wide workspace (only used outside parallel regions, on the calling thread). */
-enum { CN_GWS_A = 0, CN_GWS_B, CN_GWS_NSLOTS };
+enum { CN_GWS_A = 0, CN_GWS_B, CN_GWS_C, CN_GWS_NSLOTS };
 float *cn_gws(int slot, size_t nfloats);
 void cn_ws_free_all(void);
 
@@ -83,6 +83,10 @@ struct cn_gemm {
   long ldc, seg_len, seg_stride, cs;
   int accumulate; /* add into C instead of overwriting it */
   const cn_epilogue *epi; /* applied to each tile once its last depth block is stored, or NULL */
+  /* B packed once for the whole call (cn_gemm_parallel sets it when several row tasks would
+   * each pack the same small B): depth block pc, panel q at bpre + pc * bpre_npan * NR + q * kc * NR */
+  const float *bpre;
+  long bpre_npan;
 };
 
 typedef struct {

@@ -664,7 +664,11 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
       const long kc = K - pc < KC ? K - pc : KC;
       const int overwrite = (pc == 0) && !g->accumulate;
       const int last = g->epi && pc + kc >= K;
-      g->pack_b(g, jc, nc, pc, kc, bufB, tid);
+      const float *bblk = bufB;
+      if (g->bpre)
+        bblk = g->bpre + pc * g->bpre_npan * NR + (jc / NR) * kc * NR;
+      else
+        g->pack_b(g, jc, nc, pc, kc, bufB, tid);
       for (long ic = m0; ic < m1; ic += MC) {
         const long mc = m1 - ic < MC ? m1 - ic : MC;
         const float *apack = bufA;
@@ -680,7 +684,7 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
           const long i = ic + ir;
           for (long jr = 0; jr < nc; jr += NR) {
             const int nr = (int)(nc - jr < NR ? nc - jr : NR);
-            const float *bp = bufB + (jr / NR) * kc * NR;
+            const float *bp = bblk + (jr / NR) * kc * NR;
             const long j = jc + jr;
             const long seg = j / g->seg_len, off = j % g->seg_len;
             if (mr == MR && nr == NR && g->cs == 1 && off + NR <= g->seg_len) {
@@ -737,6 +741,27 @@ static void gemm_task(void *ctx, long t, int tid) {
   cn_gemm_serial(J->g, m0, m1, n0, n1, tid);
 }
 
+#define PREPACK_MAX_FLOATS (1L << 21) /* 8 MiB of packed B at most */
+#define PREPACK_PANELS 16
+
+typedef struct {
+  const cn_gemm *g;
+  float *pre;
+  long npan, chunks;
+} prepack_job;
+
+static void prepack_task(void *ctx, long t, int tid) {
+  const prepack_job *P = (const prepack_job *)ctx;
+  const long NR = cn_gk.nr, KC = cn_gk.kc;
+  const long pc = (t / P->chunks) * KC, q0 = (t % P->chunks) * PREPACK_PANELS;
+  const long kc = P->g->K - pc < KC ? P->g->K - pc : KC;
+  const long j0 = q0 * NR;
+  long len = PREPACK_PANELS * NR;
+  if (j0 + len > P->g->N) len = P->g->N - j0;
+  if (len <= 0) return;
+  P->g->pack_b(P->g, j0, len, pc, kc, P->pre + pc * P->npan * NR + q0 * kc * NR, tid);
+}
+
 void cn_gemm_parallel(const cn_gemm *g) {
   if (g->M <= 0 || g->N <= 0) return;
   const int T = cn_num_threads();
@@ -764,5 +789,21 @@ void cn_gemm_parallel(const cn_gemm *g) {
   J.nstep = (nblocks + nparts - 1) / nparts * NR;
   J.mparts = (g->M + J.mstep - 1) / J.mstep;
   J.nparts = (g->N + J.nstep - 1) / J.nstep;
+  cn_gemm local;
+  if (J.mparts > 1 && !g->bpre && g->K * nblocks * NR <= PREPACK_MAX_FLOATS) {
+    /* Several row tasks would each pack the same B (pointwise convolutions of small planes,
+     * where packing gathers 16-byte pieces from every image): pack it once, in parallel. */
+    const long npan = nblocks;
+    float *pre = cn_gws(CN_GWS_C, (size_t)(g->K * npan * NR));
+    if (pre) {
+      prepack_job P = {g, pre, npan, (npan + PREPACK_PANELS - 1) / PREPACK_PANELS};
+      const long KC = cn_gk.kc, kblocks = (g->K + KC - 1) / KC;
+      cn_parallel(kblocks * P.chunks, prepack_task, &P);
+      local = *g;
+      local.bpre = pre;
+      local.bpre_npan = npan;
+      J.g = &local;
+    }
+  }
   cn_parallel(J.mparts * J.nparts, gemm_task, &J);
 }
