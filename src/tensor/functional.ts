@@ -137,8 +137,9 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
   const g: ConvGeom = { n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, oh, ow };
   const be = getBackend();
   const needs = isGradEnabled() && (x.requiresGrad || weight.requiresGrad || (bias !== null && bias.requiresGrad));
-  if (!needs && tracer === null && fuseInference && currentArena() !== null && x._arena === currentArena()) {
-    // inference inside an arena, on an activation of this arena: deferred, to fuse what follows
+  if (!needs && tracer === null && fuseInference && currentArena() !== null && (x._arena === currentArena() || x._arena === null)) {
+    // inference inside an arena, on an activation of this arena or on a tensor of the caller's
+    // (the network's input: the stem convolution): deferred, to fuse what follows
     return pendingTensor([n, o, oh, ow], new ConvPending(x.values, weight.values, bias ? bias.values : null, g, null), false);
   }
   const y = be.conv2d(x.values, weight.values, bias ? bias.values : null, g);
