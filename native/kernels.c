@@ -16,6 +16,9 @@ typedef struct {
   void (*bn_apply)(const float *p, float *q, long hw, float m, float k, float bt);
   void (*bn_bw_apply)(const float *g, const float *x, float *d, long hw, float m, float k, float mdy, float q);
   void (*bn_apply_act)(const float *p, const float *r, float *q, long hw, float m, float k, float bt, int act);
+  /* AVX-512 only (NULL otherwise) */
+  void (*bn_bw_apply_act_v)(const float *dy, const float *x, float *d, long len, const float *m, const float *kb,
+                            const float *mdy, const float *q, const float *ka, const float *bt, int act);
   void (*bn_apply_act_v)(const float *p, const float *r, float *q, long len, const float *m, const float *k,
                          const float *bt, int act);
   void (*epi_rows)(float *y, const float *res, long ldc, long rows, long n, long ch0, const float *bias,
@@ -382,6 +385,27 @@ static void bn_bw_chan_task(void *ctx, long t, int tid) {
         kk[ci - b0] = (J->wt ? J->wt[ci] : 1.0f) * (float)is;
         mdy[ci - b0] = (float)(sdy[ci - b0] / cnt);
         q[ci - b0] = (float)(sx / cnt * is);
+      }
+      if (J->act && K.bn_bw_apply_act_v && hw < 16) {
+        /* per-element coefficients over the block's planes: one vector loop per image */
+        const long bl = (b1 - b0) * hw;
+        float coef[6][BN_BLOCK * 16];
+        for (long ci = b0; ci < b1; ci++)
+          for (long i = 0; i < hw; i++) {
+            const long e = (ci - b0) * hw + i, k = ci - b0;
+            coef[0][e] = J->mean[ci];
+            coef[1][e] = kk[k];
+            coef[2][e] = mdy[k];
+            coef[3][e] = q[k];
+            coef[4][e] = J->ka[ci];
+            coef[5][e] = J->kt[ci];
+          }
+        for (long ni = 0; ni < n; ni++) {
+          const long off = (ni * c + b0) * hw;
+          K.bn_bw_apply_act_v(J->dy + off, J->x + off, J->y + off, bl, coef[0], coef[1], coef[2], coef[3], coef[4],
+                              coef[5], J->act);
+        }
+        continue;
       }
       for (long ni = 0; ni < n; ni++)
         for (long ci = b0; ci < b1; ci++) {

@@ -315,6 +315,29 @@ static ISA_ATTR void FN(bn_bw_apply_act)(const float *CN_RESTRICT dy, const floa
   }
 }
 
+#if defined(ISA_AVX) && LANES == 32
+/* bn_bw_apply_act (act 1 or 2) with per-element coefficients: small planes, a run of consecutive
+ * planes of one image in one vector loop (same arithmetic as the per-plane AVX-512 kernel) */
+static ISA_ATTR void FN(bn_bw_apply_act_v)(const float *CN_RESTRICT dy, const float *CN_RESTRICT x,
+                                           float *CN_RESTRICT d, long len, const float *m, const float *kb,
+                                           const float *mdy, const float *q, const float *ka, const float *bt,
+                                           int act) {
+  const __m512 z = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+  for (long i = 0; i < len; i += 16) {
+    const __mmask16 ld = len - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - i)) - 1u);
+    const __m512 e = _mm512_sub_ps(_mm512_maskz_loadu_ps(ld, x + i), _mm512_maskz_loadu_ps(ld, m + i));
+    const __m512 v = _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(ld, ka + i), _mm512_maskz_loadu_ps(ld, bt + i));
+    __mmask16 k = _mm512_cmp_ps_mask(v, z, _CMP_GT_OQ);
+    if (act == 2) k &= _mm512_cmp_ps_mask(v, six, _CMP_LT_OQ);
+    const __m512 g = _mm512_maskz_mov_ps(k, _mm512_maskz_loadu_ps(ld, dy + i));
+    const __m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(ld, kb + i),
+                                   _mm512_fnmadd_ps(e, _mm512_maskz_loadu_ps(ld, q + i),
+                                                    _mm512_sub_ps(g, _mm512_maskz_loadu_ps(ld, mdy + i))));
+    _mm512_mask_storeu_ps(d + i, ld, r);
+  }
+}
+#endif
+
 /* ---- batch norm over the planes of one channel -------------------------------------------------
  * `count` planes of hw floats, plane i at offset i * stride. Partial sums are kept in float lanes
  * over groups of about 1024 values (one plane when planes are large, many small ones), and the
@@ -817,6 +840,11 @@ static void FN(fill_table)(cn_ktab *t) {
   t->dot2_planes = FN(dot2_planes);
   t->dot2_act = FN(dot2_act);
   t->bn_bw_apply_act = FN(bn_bw_apply_act);
+#if defined(ISA_AVX) && LANES == 32
+  t->bn_bw_apply_act_v = FN(bn_bw_apply_act_v);
+#else
+  t->bn_bw_apply_act_v = NULL;
+#endif
   t->ew = FN(ew);
   t->add_inplace = FN(add_inplace);
   t->adam = FN(adam);

@@ -203,6 +203,8 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     // 4x4 planes: per-element coefficients, tasks of 1024 planes that end inside an image,
     // channel blocks walked over 3 groups of 64 images (the last one partial)
     [160, 48, 16, 0.5],
+    // 2x2 planes: 70 channels = a block of 64 + 6, 300 images = 2 groups of 256 (vector backward)
+    [300, 70, 4, -1],
   ];
   test('batch norm train / eval / backward', () => {
     for (const [n, c, hw, off] of bnCases) {
