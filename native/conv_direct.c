@@ -39,6 +39,7 @@ typedef struct {
   long C, O, P, taps, nvec, ntiles;
   long halo; /* positions read beyond a run: ph*W + pw */
   long cb; /* channels per block (the inputs of a block stay in L1) */
+  long osplit; /* output-channel ranges per tile group (small batches: enough tasks for the threads) */
 } dc_job;
 
 /* One 8 x 32 tile: acc[r][h] = sum over (c, t) of a[c][t][r] * x_h[c*P + delta[t] + lane]. */
@@ -129,7 +130,10 @@ DC_A512 __attribute__((noinline)) static void dc_tile_any(const dc_job *J, const
 static void dc_task(void *ctx, long task, int tid) {
   (void)tid;
   const dc_job *J = (const dc_job *)ctx;
-  const long t0 = task * DC_GROUP, t1 = t0 + DC_GROUP < J->ntiles ? t0 + DC_GROUP : J->ntiles;
+  const long grp = task / J->osplit, os = task % J->osplit;
+  const long t0 = grp * DC_GROUP, t1 = t0 + DC_GROUP < J->ntiles ? t0 + DC_GROUP : J->ntiles;
+  const long nob = (J->O + 7) / 8, obs = (nob + J->osplit - 1) / J->osplit;
+  const long oa = os * obs * 8, oz = (os + 1) * obs * 8 < J->O ? (os + 1) * obs * 8 : J->O;
   const long vpp = J->P / 16; /* vectors per plane */
   const long K = J->C * J->taps;
   void (*tile)(const dc_job *, const float *, const float *, const float *, const uint16_t *, const uint16_t *,
@@ -156,7 +160,7 @@ static void dc_task(void *ctx, long task, int tid) {
        }
      }
    }
-   for (long o0 = 0; o0 < J->O; o0 += 8) {
+   for (long o0 = oa; o0 < oz; o0 += 8) {
     const float *a = J->wp + (o0 / 8) * K * 8;
     for (long t = t0; t < t1; t++) {
       const long v0 = 2 * t, v1 = v0 + 1;
@@ -404,7 +408,10 @@ void cn_conv_direct(const float *x, const float *w, const float *b, float *y, co
   J.y = y;
   J.epi = epi;
   J.masks = masks;
-  cn_parallel((J.ntiles + DC_GROUP - 1) / DC_GROUP, dc_task, &J);
+  const long groups = (J.ntiles + DC_GROUP - 1) / DC_GROUP, T = cn_num_threads();
+  J.osplit = 1;
+  while (groups * J.osplit < 4 * T && J.osplit * 2 <= ob) J.osplit *= 2;
+  cn_parallel(groups * J.osplit, dc_task, &J);
 }
 
 #else
