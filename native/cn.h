@@ -224,6 +224,10 @@ int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh
 void cn_dw_sp_release(cn_dw_sp_plan *P);
 void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, float *out, const cn_dw_sp_plan *P,
                            int accumulate, const cn_dw_pepi *pe);
+/* four planes of at most 16 values at once (plane q at in + q * in_stride, weights wk + q *
+ * wk_stride, bias[q] if bias, out + q * out_stride, epilogue pe[q] if pe) */
+void cn_dw_sp_planes4_avx512(const float *in, long in_stride, const float *wk, long wk_stride, const float *bias,
+                             float *out, long out_stride, const cn_dw_sp_plan *P, const cn_dw_pepi *pe);
 void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
                            const cn_dw_sp_plan *P, double *acc);
 

@@ -594,6 +594,39 @@ A512 void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, fl
   }
 }
 
+/* Four planes at once (planes of at most 16 values in and out: one vector each), so that four
+ * independent accumulator chains hide the FMA latency that bounds a single small plane. Plane q
+ * reads in + q * in_stride with the weights wk + q * wk_stride; each plane's arithmetic is that of
+ * cn_dw_sp_plane_avx512. */
+A512 void cn_dw_sp_planes4_avx512(const float *in, long in_stride, const float *wk, long wk_stride, const float *bias,
+                                  float *out, long out_stride, const cn_dw_sp_plan *P, const cn_dw_pepi *pe) {
+  const __mmask16 mi = sp_tail(P->in_size), mo = sp_tail(P->out_size);
+  const __m512 r0 = _mm512_maskz_loadu_ps(mi, in), r1 = _mm512_maskz_loadu_ps(mi, in + in_stride);
+  const __m512 r2 = _mm512_maskz_loadu_ps(mi, in + 2 * in_stride), r3 = _mm512_maskz_loadu_ps(mi, in + 3 * in_stride);
+  const __m512 z = _mm512_setzero_ps();
+  __m512 a0 = _mm512_set1_ps(bias ? bias[0] : 0.0f), a1 = _mm512_set1_ps(bias ? bias[1] : 0.0f);
+  __m512 a2 = _mm512_set1_ps(bias ? bias[2] : 0.0f), a3 = _mm512_set1_ps(bias ? bias[3] : 0.0f);
+  for (long q = 0; q < P->ntaps; q++) {
+    const __mmask16 m = (__mmask16)P->mask[q];
+    if (!m) continue;
+    const __m512i ix = _mm512_loadu_si512((const void *)(P->idx + (size_t)q * 16));
+    a0 = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[q]), _mm512_permutex2var_ps(r0, ix, z), a0, m);
+    a1 = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[wk_stride + q]), _mm512_permutex2var_ps(r1, ix, z), a1, m);
+    a2 = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[2 * wk_stride + q]), _mm512_permutex2var_ps(r2, ix, z), a2, m);
+    a3 = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[3 * wk_stride + q]), _mm512_permutex2var_ps(r3, ix, z), a3, m);
+  }
+  if (pe) {
+    a0 = pepi(a0, &pe[0], 0, mo);
+    a1 = pepi(a1, &pe[1], 0, mo);
+    a2 = pepi(a2, &pe[2], 0, mo);
+    a3 = pepi(a3, &pe[3], 0, mo);
+  }
+  _mm512_mask_storeu_ps(out, mo, a0);
+  _mm512_mask_storeu_ps(out + out_stride, mo, a1);
+  _mm512_mask_storeu_ps(out + 2 * out_stride, mo, a2);
+  _mm512_mask_storeu_ps(out + 3 * out_stride, mo, a3);
+}
+
 /* acc[tap] += sum over `count` plane pairs (dy planes every dy_stride floats, x planes every
  * x_stride) of dy * x_tap, with the forward plan (dy = its output, x = its input) */
 A512 void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,

@@ -511,7 +511,10 @@ static int dw_sp_plan(cn_dw_sp_plan *P, const cn_conv_geom *g, int transposed) {
   const long in_hw = transposed ? g->oh * g->ow : g->h * g->w, out_hw = transposed ? g->h * g->w : g->oh * g->ow;
   if (K_isa != 2 || !cn_dw_sp_applicable(in_hw, out_hw, g->kh * g->kw)) return 0;
   const int strided = g->sh != 1 || g->sw != 1;
-  if (!strided && !(transposed && g->h * g->w > 8 && g->h * g->w <= 32)) return 0;
+  /* stride 1: the input gradient of small planes, and forward planes of one vector (4x4, 2x2: four
+   * planes at a time, cn_dw_sp_planes4_avx512) */
+  if (!strided && !(transposed && g->h * g->w > 8 && g->h * g->w <= 32) && !(!transposed && in_hw <= 16 && out_hw <= 16))
+    return 0;
   return cn_dw_sp_prepare(P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, transposed);
 }
 
@@ -570,10 +573,25 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   long p1 = p0 + J->planes_per_task;
   if (p1 > J->total) p1 = J->total;
   if (J->sp) {
-    for (long pl = p0; pl < p1; pl++) {
+    const int four = J->sp->nin == 1 && J->sp->nout == 1 && J->mult == 1;
+    for (long pl = p0; pl < p1;) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
+      if (four && pl + 4 <= p1 && oc + 4 <= g->o) {
+        /* four channels of one image: adjacent planes, independent FMA chains */
+        cn_dw_pepi pe4[4];
+        const cn_dw_pepi *pp = NULL;
+        if (J->epi) {
+          for (int q = 0; q < 4; q++) dw_pepi(J, pl + q, &pe4[q]);
+          pp = pe4;
+        }
+        cn_dw_sp_planes4_avx512(J->x + (n * g->c + ic) * g->h * g->w, g->h * g->w, J->w + oc * khw, khw,
+                                J->b ? J->b + oc : NULL, J->y + pl * g->oh * g->ow, g->oh * g->ow, J->sp, pp);
+        pl += 4;
+        continue;
+      }
       cn_dw_sp_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                             J->y + pl * g->oh * g->ow, J->sp, 0, dw_pepi(J, pl, &pe));
+      pl++;
     }
     return;
   }

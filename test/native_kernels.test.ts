@@ -290,6 +290,8 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       ['3x3 32x32 (direct, channel blocks)', convGeom(1, 36, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1), true],
       ['depthwise 32x32', convGeom(2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 16), true],
       ['depthwise 8x8 s1', convGeom(3, 20, 8, 8, 20, 3, 3, 1, 1, 1, 1, 20), false],
+      ['depthwise 4x4 s1 (four planes at a time, 22 channels)', convGeom(3, 22, 4, 4, 22, 3, 3, 1, 1, 1, 1, 22), true],
+      ['depthwise 2x2 s1 (four planes at a time)', convGeom(2, 8, 2, 2, 8, 3, 3, 1, 1, 1, 1, 8), false],
       ['depthwise 8x8 s2', convGeom(3, 20, 8, 8, 20, 3, 3, 2, 2, 1, 1, 20), false],
       ['depthwise 16x16', convGeom(2, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 8), false],
       ['depthwise 32x32 s2', convGeom(2, 8, 32, 32, 8, 3, 3, 2, 2, 1, 1, 8), true],
