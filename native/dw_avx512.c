@@ -86,9 +86,51 @@ static A512 inline __m512 pepi(__m512 v, const cn_dw_pepi *pe, long o, __mmask16
 
 #define LD(q) _mm512_loadu_ps(at(xb, o##q))
 #define MLD(q) _mm512_maskz_loadu_ps(m[q], at(xb, o##q))
+/* 8x8 planes, 3x3, padding 1 (MobileNet's 8x8 stages, forward and input gradient): the tap masks
+ * are constants (columns 0 / 7 and the first / last row), so no mask is loaded per tap; same
+ * accumulation order as the general kernel below (two chains, taps alternating). */
+#define DW8_M(kx) ((kx) == 0 ? 0xFEFE : (kx) == 2 ? 0x7F7F : 0xFFFF)
+#define DW8_R(b, ky) ((b) == 0 && (ky) == 0 ? 0xFF00 : (b) == 3 && (ky) == 2 ? 0x00FF : 0xFFFF)
+#define DW8_LD(b, ky, kx) _mm512_maskz_loadu_ps((__mmask16)(DW8_M(kx) & DW8_R(b, ky)), at(x, (b)*16 + ((ky)-1) * 8 + (kx)-1))
+#define DW8_BLOCK(b)                                                                                                   \
+  do {                                                                                                                 \
+    __m512 acc = accumulate ? _mm512_loadu_ps(y + (b)*16) : vb, acc2 = _mm512_setzero_ps();                            \
+    acc = _mm512_fmadd_ps(w0, DW8_LD(b, 0, 0), acc);                                                                   \
+    acc2 = _mm512_fmadd_ps(w1, DW8_LD(b, 0, 1), acc2);                                                                 \
+    acc = _mm512_fmadd_ps(w2, DW8_LD(b, 0, 2), acc);                                                                   \
+    acc2 = _mm512_fmadd_ps(w3, DW8_LD(b, 1, 0), acc2);                                                                 \
+    acc = _mm512_fmadd_ps(w4, DW8_LD(b, 1, 1), acc);                                                                   \
+    acc2 = _mm512_fmadd_ps(w5, DW8_LD(b, 1, 2), acc2);                                                                 \
+    acc = _mm512_fmadd_ps(w6, DW8_LD(b, 2, 0), acc);                                                                   \
+    acc2 = _mm512_fmadd_ps(w7, DW8_LD(b, 2, 1), acc2);                                                                 \
+    acc = _mm512_fmadd_ps(w8, DW8_LD(b, 2, 2), acc);                                                                   \
+    __m512 v = _mm512_add_ps(acc, acc2);                                                                               \
+    if (pe) v = pepi(v, pe, (b)*16, (__mmask16)0xFFFF);                                                                \
+    _mm512_storeu_ps(y + (b)*16, v);                                                                                   \
+  } while (0)
+static A512 void dw_plane_8x8(const float *x, const float *wk, float bias, float *y, int accumulate,
+                              const cn_dw_pepi *pe) {
+  const __m512 w0 = _mm512_set1_ps(wk[0]), w1 = _mm512_set1_ps(wk[1]), w2 = _mm512_set1_ps(wk[2]);
+  const __m512 w3 = _mm512_set1_ps(wk[3]), w4 = _mm512_set1_ps(wk[4]), w5 = _mm512_set1_ps(wk[5]);
+  const __m512 w6 = _mm512_set1_ps(wk[6]), w7 = _mm512_set1_ps(wk[7]), w8 = _mm512_set1_ps(wk[8]);
+  const __m512 vb = _mm512_set1_ps(bias);
+  DW8_BLOCK(0);
+  DW8_BLOCK(1);
+  DW8_BLOCK(2);
+  DW8_BLOCK(3);
+}
+#undef DW8_BLOCK
+#undef DW8_LD
+#undef DW8_R
+#undef DW8_M
+
 A512 void cn_dw_s1_plane_avx512(const float *x, const float *wk, float bias, float *y, const cn_dw_plan *P,
                                 int accumulate, const cn_dw_pepi *pe) {
   const long nt = P->ntaps;
+  if (nt == 9 && P->H == 8 && P->W == 8 && P->oh == 8 && P->off[0] == -9) {
+    dw_plane_8x8(x, wk, bias, y, accumulate, pe);
+    return;
+  }
   if (nt == 9) {
     const __m512 w0 = _mm512_set1_ps(wk[0]), w1 = _mm512_set1_ps(wk[1]), w2 = _mm512_set1_ps(wk[2]);
     const __m512 w3 = _mm512_set1_ps(wk[3]), w4 = _mm512_set1_ps(wk[4]), w5 = _mm512_set1_ps(wk[5]);

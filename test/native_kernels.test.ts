@@ -128,6 +128,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['3x3 s1 p1 2x4 planes (pieces of 8)', 8, 16, 2, 4, 16, 3, 3, 1, 1, 1, 1, 1, false],
     // small planes (<= 64 values: the AVX-512 register-permute path) and stride-2 planes
     ['depthwise 3x3 s1 p1 8x8', 3, 20, 8, 8, 20, 3, 3, 1, 1, 1, 1, 20, true],
+    ['depthwise 3x3 s1 p1 8x8, multiplier 2 (input gradient accumulates)', 2, 6, 8, 8, 12, 3, 3, 1, 1, 1, 1, 6, false],
     ['depthwise 3x3 s2 p1 8x8', 3, 20, 8, 8, 20, 3, 3, 2, 2, 1, 1, 20, false],
     ['depthwise 3x3 s1 p1 4x4', 5, 12, 4, 4, 12, 3, 3, 1, 1, 1, 1, 12, false],
     ['depthwise 5x5 s2 p2 8x8, multiplier 2', 2, 6, 8, 8, 12, 5, 5, 2, 2, 2, 2, 6, true],
