@@ -679,6 +679,11 @@ A512 void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x,
     __m512 a[9];
     for (int j = 0; j < 9; j++) a[j] = _mm512_setzero_ps();
     for (long i = 0; i < count; i++) {
+      /* the planes are a page or more apart (one channel of consecutive images): fetch ahead */
+      if (i + 6 < count) {
+        for (long o = 0; o < P->in_size; o += 16) _mm_prefetch((const char *)(x + (i + 6) * x_stride + o), _MM_HINT_T0);
+        for (long o = 0; o < P->out_size; o += 16) _mm_prefetch((const char *)(dy + (i + 6) * dy_stride + o), _MM_HINT_T0);
+      }
       __m512 r[4];
       sp_load(x + i * x_stride, P->in_size, r);
       const float *gp = dy + i * dy_stride;
