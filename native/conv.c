@@ -9,6 +9,8 @@
  *                  are packed with 8x8 SIMD transposes. Small dW is computed per fixed chunk of
  *                  images in parallel and the partials summed in order (deterministic).
  * Depthwise (one input channel per group) uses the direct kernels in kernels.c / dw_avx512.c.
+ * Stride-1 "same" convolutions on AVX-512 (the 3x3 layers) go to the direct kernels of
+ * conv_direct.c instead (forward, and so the stride-1 input gradient; weight gradient).
  */
 #include "cn.h"
 
