@@ -17,8 +17,8 @@
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 4
-#define MAXARGS 16
+#define CN_ADDON_VERSION 5
+#define MAXARGS 20
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
 
@@ -35,6 +35,10 @@ static int start(call_t *c, napi_env env, napi_callback_info info) {
   c->failed = 0;
   if (napi_get_cb_info(env, info, &c->argc, c->argv, NULL, NULL) != napi_ok) {
     napi_throw_error(env, NULL, "convnets native: bad call");
+    return 0;
+  }
+  if (c->argc > MAXARGS) { /* only MAXARGS were stored: never read past them */
+    napi_throw_error(env, NULL, "convnets native: too many arguments");
     return 0;
   }
   return 1;
@@ -185,6 +189,44 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   cn_conv2d(x, w, b, y, &g);
   UNLOCK();
   return undef(env);
+}
+
+/* conv2dDwPw(x, wd, bd|null, gd, md, sd, td, actd, w, b|null, y, g, mean|null, scale, shift,
+ * res|null, act): y = [act(bn(] pointwise conv of act(bn(depthwise conv of x)) [) (+ res))], the
+ * depthwise output never stored. Returns false (nothing computed) where cn_conv2d_dwpw can't. */
+static napi_value js_conv2d_dwpw(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  cn_conv_geom gd, g;
+  if (!conv_geom(&c, 3, &gd) || !conv_geom(&c, 11, &g)) return NULL;
+  const float *x = arr(&c, 0, napi_float32_array, (size_t)(gd.n * gd.c * gd.h * gd.w), 0, "x");
+  const float *wd = arr(&c, 1, napi_float32_array, (size_t)(gd.o * (gd.c / (gd.groups ? gd.groups : 1)) * gd.kh * gd.kw), 0, "depthwise weight");
+  const float *bd = arr(&c, 2, napi_float32_array, (size_t)gd.o, 1, "depthwise bias");
+  const float *md = arr(&c, 4, napi_float32_array, (size_t)gd.o, 0, "depthwise mean");
+  const float *sd = arr(&c, 5, napi_float32_array, (size_t)gd.o, 0, "depthwise scale");
+  const float *td = arr(&c, 6, napi_float32_array, (size_t)gd.o, 0, "depthwise shift");
+  const long actd = inum(&c, 7);
+  const float *w = arr(&c, 8, napi_float32_array, (size_t)(g.o * g.c), 0, "weight");
+  const float *b = arr(&c, 9, napi_float32_array, (size_t)g.o, 1, "bias");
+  const size_t ny = (size_t)(g.n * g.o * g.oh * g.ow);
+  float *y = arr(&c, 10, napi_float32_array, ny, 0, "y");
+  const float *mean = arr(&c, 12, napi_float32_array, (size_t)g.o, 1, "mean");
+  const float *scale = mean ? arr(&c, 13, napi_float32_array, (size_t)g.o, 0, "scale") : NULL;
+  const float *shift = mean ? arr(&c, 14, napi_float32_array, (size_t)g.o, 0, "shift") : NULL;
+  const float *res = arr(&c, 15, napi_float32_array, ny, 1, "residual");
+  const long act = inum(&c, 16);
+  if (!c.failed && (act > 2 || actd > 2)) fail(&c, "convnets native: bad activation code");
+  if (c.failed) return NULL;
+  int ok = 0;
+  if (mean || (!b && !res)) {
+    cn_epilogue e = {b, mean, scale, shift, res, y, 0, (int)act};
+    LOCK();
+    ok = cn_conv2d_dwpw(x, &gd, wd, bd, md, sd, td, (int)actd, w, y, &g, mean ? &e : NULL);
+    UNLOCK();
+  }
+  napi_value r;
+  napi_get_boolean(env, ok != 0, &r);
+  return r;
 }
 
 /* conv2dFused(x, w, b|null, y, geom, mean, scale, shift, res|null, act): y = act(bn(conv) (+ res)) */
@@ -725,6 +767,7 @@ NAPI_MODULE_INIT() {
   } fns[] = {
       {"conv2d", js_conv2d},
       {"conv2dFused", js_conv2d_fused},
+      {"conv2dDwPw", js_conv2d_dwpw},
       {"conv2dBackwardInput", js_conv2d_bwd_input},
       {"conv2dBackwardWeight", js_conv2d_bwd_weight},
       {"bnTrain", js_bn_train},

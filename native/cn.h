@@ -129,6 +129,13 @@ void cn_conv_direct(const float *x, const float *w, const float *b, float *y, co
 /* its weight gradient (also needs O % 8 == 0 and kw == 3) */
 int cn_conv_direct_bw_applies(const cn_conv_geom *g);
 void cn_conv_direct_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
+/* y = epi(pointwise conv (w, geometry g) of act(bn(depthwise conv of x (geometry gd, weights wd,
+ * bias bd, batch norm md/sd/td, activation actd)))), the depthwise output computed while packing
+ * (never stored). epi: as cn_conv2d_epi (epi->bias is the pointwise bias), or NULL. Returns 0
+ * without computing anything when unsupported (AVX-512, stride-1 "same" depthwise, P % 16 == 0). */
+int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, const float *bd, const float *md,
+                   const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
+                   const cn_epilogue *epi);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 
 /* ---- other kernels (kernels.c) ----------------------------------------------------------- */

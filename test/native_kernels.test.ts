@@ -282,6 +282,36 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     }
   });
 
+  test('pointwise convolution after a depthwise one, fused (inference) == the two fused kernels, bit for bit', () => {
+    for (const [n, c, o, act] of [[5, 24, 40, 2], [3, 16, 8, 1], [2, 8, 16, 0]] as const) {
+      const gd = convGeom(n, c, 4, 4, c, 3, 3, 1, 1, 1, 1, c);
+      const g = convGeom(n, c, 4, 4, o, 1, 1, 1, 1, 0, 0, 1);
+      const x = randn(n * c * 16, 1, 0.2);
+      const wd = randn(c * 9, 0.5);
+      const bd = act === 1 ? randn(c, 0.1) : null;
+      const dwEpi = { mean: randn(c, 0.1), scale: randn(c, 0.5, 1), shift: randn(c, 0.1), res: null, act };
+      const w = randn(o * c, 0.3);
+      const epi = { mean: randn(o, 0.1), scale: randn(o, 0.5, 1), shift: randn(o, 0.1), res: randn(n * o * 16), act: 1 as const };
+      const mid = be.conv2dFused(x, wd, bd, gd, dwEpi);
+      const stage = { x, w: wd, b: bd, g: gd, epi: dwEpi };
+      const fused = be.conv2dAfterDepthwise!(stage, w, null, g, epi);
+      if (nativeIsa() !== 'avx512') {
+        assert.equal(fused, null, 'fused only with AVX-512');
+        continue;
+      }
+      assert.ok(fused !== null, `${n}x${c}->${o}: fused`);
+      assert.deepEqual(fused, be.conv2dFused(mid, w, null, g, epi), `${n}x${c}->${o} act ${act}: with epilogue`);
+      const plain = be.conv2dAfterDepthwise!(stage, w, null, g, null);
+      assert.deepEqual(plain, be.conv2d(mid, w, null, g), `${n}x${c}->${o}: without epilogue`);
+      close(fused!, ref.conv2dFused(ref.conv2dFused(x, wd, bd, gd, dwEpi), w, null, g, epi), FWD, 'vs reference');
+    }
+    // other plane sizes: not fused (the caller computes the two layers)
+    const gd = convGeom(2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 8);
+    const g = convGeom(2, 8, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1);
+    const epi = { mean: randn(8), scale: randn(8), shift: randn(8), res: null, act: 0 as const };
+    assert.equal(be.conv2dAfterDepthwise!({ x: randn(2 * 8 * 64), w: randn(72), b: null, g: gd, epi }, randn(128), null, g, null), null);
+  });
+
   test('convolution fused with batch norm, residual and activation (inference) == the separate kernels', () => {
     const cases: [string, ConvGeom, boolean][] = [
       ['pointwise 32x32', convGeom(2, 24, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1), false],

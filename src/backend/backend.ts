@@ -72,6 +72,15 @@ export interface ConvEpilogue {
   act: Act;
 }
 
+/** A depthwise convolution with its eval batch norm and activation (conv2dAfterDepthwise). */
+export interface DepthwiseStage {
+  x: F32;
+  w: F32;
+  b: F32 | null;
+  g: ConvGeom;
+  epi: ConvEpilogue; // res must be null
+}
+
 export interface BatchNormGrads {
   dx: F32; // (N, C, H, W)
   dweight: F32; // (C)
@@ -105,6 +114,12 @@ export interface Backend {
   // conv2d followed by batchNormApply(y, epi.mean, epi.scale, epi.shift, epi.res, ..., epi.act) in
   // one pass (inference fusion; same arithmetic as the two calls)
   conv2dFused(x: F32, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue): F32;
+  // Optional (inference fusion): a pointwise convolution (1x1, stride 1) of act(bn(depthwise
+  // convolution of dw.x)), optionally followed by epi — MobileNet's separable block with the
+  // depthwise output computed on the fly and never stored. Same result as conv2dFused of the
+  // depthwise layer followed by conv2d/conv2dFused of the pointwise one, to float32 rounding.
+  // null where the backend or the geometry does not allow it (nothing computed).
+  conv2dAfterDepthwise?(dw: DepthwiseStage, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue | null): F32 | null;
   // dy: (N, O, OH, OW), w -> dx: (N, C, H, W)
   conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32;
   // dy: (N, O, OH, OW), x: (N, C, H, W) -> dw: (O, C/groups, KH, KW)

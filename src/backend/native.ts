@@ -7,14 +7,15 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Act, AdamHyper, Backend, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
-import { allocOutput, setAddressProbe } from './arena.js';
+import type { Act, AdamHyper, Backend, DepthwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
+import { allocOutput, releaseOutput, setAddressProbe } from './arena.js';
 
 /** The functions exported by the compiled addon (native/addon.c). */
 interface NativeAddon {
   version: number;
   conv2d(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array): void;
   conv2dFused(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, mean: F32, scale: F32, shift: F32, res: F32 | null, act: number): void;
+  conv2dDwPw(x: F32, wd: F32, bd: F32 | null, gd: Int32Array, md: F32, sd: F32, td: F32, actd: number, w: F32, b: F32 | null, y: F32, g: Int32Array, mean: F32 | null, scale: F32 | null, shift: F32 | null, res: F32 | null, act: number): boolean;
   conv2dBackwardInput(dy: F32, w: F32, dx: F32, geom: Int32Array): void;
   conv2dBackwardWeight(dy: F32, x: F32, dw: F32, geom: Int32Array): void;
   bnTrain(x: F32, w: F32 | null, b: F32 | null, y: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
@@ -43,7 +44,7 @@ interface NativeAddon {
   byteAlignment(a: F32): number;
 }
 
-const ADDON_VERSION = 4;
+const ADDON_VERSION = 5;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -82,6 +83,7 @@ function sameLength(a: F32, b: F32, what: string): void {
 function makeBackend(A: NativeAddon): Backend {
   // Geometry is passed in a reused Int32Array (calls are synchronous).
   const cg = new Int32Array(14);
+  const cgd = new Int32Array(14);
   const pg = new Int32Array(12);
   const convGeom = (g: ConvGeom): Int32Array => {
     cg[0] = g.n; cg[1] = g.c; cg[2] = g.h; cg[3] = g.w; cg[4] = g.o; cg[5] = g.kh; cg[6] = g.kw;
@@ -117,6 +119,16 @@ function makeBackend(A: NativeAddon): Backend {
       const y = out(g.n * g.o * g.oh * g.ow);
       A.conv2dFused(x, w, b, y, convGeom(g), epi.mean, epi.scale, epi.shift, epi.res, epi.act);
       return y;
+    },
+    conv2dAfterDepthwise(dw: DepthwiseStage, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue | null): F32 | null {
+      const gd = dw.g;
+      cgd.set([gd.n, gd.c, gd.h, gd.w, gd.o, gd.kh, gd.kw, gd.sh, gd.sw, gd.ph, gd.pw, gd.groups, gd.oh, gd.ow]);
+      const y = out(g.n * g.o * g.oh * g.ow);
+      const e = dw.epi;
+      const ok = A.conv2dDwPw(dw.x, dw.w, dw.b, cgd, e.mean, e.scale, e.shift, e.act, w, b, y, convGeom(g), epi ? epi.mean : null, epi ? epi.scale : null, epi ? epi.shift : null, epi ? epi.res : null, epi ? epi.act : 0);
+      if (ok) return y;
+      releaseOutput(y);
+      return null;
     },
     conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32 {
       const dx = out(g.n * g.c * g.h * g.w);

@@ -2,7 +2,7 @@
 // records how to compute its backward pass. This is the only place autograd rules live.
 import { getBackend } from '../backend/registry.js';
 import { allocOutput, currentArena } from '../backend/arena.js';
-import { ACT_RELU, ACT_RELU6, convOutSize, type Act, type ConvEpilogue, type ConvGeom, type F32, type PoolGeom } from '../backend/backend.js';
+import { ACT_RELU, ACT_RELU6, convOutSize, type Act, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type PoolGeom } from '../backend/backend.js';
 import { Generator, defaultGenerator } from './random.js';
 import { Tensor, formatShape, isGradEnabled, noGrad, pendingTensor, type GradFn, type PendingValues } from './tensor.js';
 
@@ -58,15 +58,31 @@ class ConvPending implements PendingValues {
     readonly b: F32 | null,
     readonly g: ConvGeom,
     readonly epi: ConvEpilogue | null,
+    /** A pointwise convolution whose input is this depthwise stage (x is then pre.x, unused):
+     *  MobileNet's separable block, computed without storing the depthwise output. */
+    readonly pre: DepthwiseStage | null = null,
   ) {}
+  /** The same convolution followed by another epilogue. */
+  withEpi(epi: ConvEpilogue): ConvPending {
+    return new ConvPending(this.x, this.w, this.b, this.g, epi, this.pre);
+  }
   compute(): F32 {
     const be = getBackend();
-    return this.epi ? be.conv2dFused(this.x, this.w, this.b, this.g, this.epi) : be.conv2d(this.x, this.w, this.b, this.g);
+    let x = this.x;
+    if (this.pre !== null) {
+      const y = be.conv2dAfterDepthwise ? be.conv2dAfterDepthwise(this.pre, this.w, this.b, this.g, this.epi) : null;
+      if (y !== null) return y;
+      const p = this.pre;
+      x = be.conv2dFused(p.x, p.w, p.b, p.g, p.epi);
+    }
+    return this.epi ? be.conv2dFused(x, this.w, this.b, this.g, this.epi) : be.conv2d(x, this.w, this.b, this.g);
   }
 }
 
 /** CONVNETS_FUSE=0 turns the inference fusion off (for comparisons). */
 const fuseInference = typeof process === 'undefined' || process.env.CONVNETS_FUSE !== '0';
+/** CONVNETS_FUSE_SEPARABLE=0 keeps depthwise and pointwise convolutions apart in inference. */
+const fuseSeparable = fuseInference && (typeof process === 'undefined' || process.env.CONVNETS_FUSE_SEPARABLE !== '0');
 
 function convPendingOf(t: Tensor): ConvPending | null {
   const p = t._pending;
@@ -137,6 +153,15 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
   const g: ConvGeom = { n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, oh, ow };
   const be = getBackend();
   const needs = isGradEnabled() && (x.requiresGrad || weight.requiresGrad || (bias !== null && bias.requiresGrad));
+  if (!needs && tracer === null && fuseInference && currentArena() !== null) {
+    // a pointwise convolution of a deferred depthwise convolution (+ batch norm + activation):
+    // the separable block in one pass, the depthwise output never stored
+    const xp = convPendingOf(x);
+    if (fuseSeparable && xp !== null && xp.pre === null && xp.epi !== null && xp.epi.res === null && xp.g.groups === xp.g.c && xp.g.o === xp.g.c && kh === 1 && kw === 1 && sh === 1 && sw === 1 && ph === 0 && pw === 0 && groups === 1 && be.conv2dAfterDepthwise) {
+      const pre: DepthwiseStage = { x: xp.x, w: xp.w, b: xp.b, g: xp.g, epi: xp.epi };
+      return pendingTensor([n, o, oh, ow], new ConvPending(xp.x, weight.values, bias ? bias.values : null, g, null, pre), false);
+    }
+  }
   if (!needs && tracer === null && fuseInference && currentArena() !== null && (x._arena === currentArena() || x._arena === null)) {
     // inference inside an arena, on an activation of this arena or on a tensor of the caller's
     // (the network's input: the stem convolution): deferred, to fuse what follows
@@ -197,7 +222,7 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
     const bnNeeds = isGradEnabled() && (x.requiresGrad || (weight !== null && weight.requiresGrad) || (bias !== null && bias.requiresGrad));
     if (cp !== null && cp.epi === null && !bnNeeds && tracer === null) {
       // eval batch norm of a deferred convolution: fused into it
-      return pendingTensor(x.shape, new ConvPending(cp.x, cp.w, cp.b, cp.g, { mean: rm, scale, shift, res: null, act: 0 }), false);
+      return pendingTensor(x.shape, cp.withEpi({ mean: rm, scale, shift, res: null, act: 0 }), false);
     }
     const pending = new BatchNormPending(x.values, rm, scale, shift, null, n, c, hw);
     const out = pendingResult(pending, x.shape, { name: 'BatchNormEvalBackward', inputs: [x, weight, bias], backward: (gy) => {
@@ -268,8 +293,9 @@ function activation(x: Tensor, act: Act): Tensor {
   const be = getBackend();
   const cp = convPendingOf(x);
   if (cp !== null && cp.epi !== null && cp.epi.act === 0 && !x.requiresGrad) {
-    // convolution + batch norm (+ add) + this activation in one pass
-    return new Tensor(be.conv2dFused(cp.x, cp.w, cp.b, cp.g, { ...cp.epi, act }), x.shape, false);
+    // convolution + batch norm (+ add) + this activation in one pass (deferred: a pointwise
+    // convolution after it may take it in too)
+    return pendingTensor(x.shape, cp.withEpi({ ...cp.epi, act }), false);
   }
   const p = bnPendingOf(x);
   // fused with a pending batch norm (and add) before it: one pass, its output never materialised
@@ -311,9 +337,9 @@ export function add(a: Tensor, b: Tensor): Tensor {
   const noGraph = !(isGradEnabled() && (a.requiresGrad || b.requiresGrad));
   let out: Tensor;
   if (noGraph && cb !== null && cb.epi !== null && cb.epi.res === null && cb.epi.act === 0) {
-    out = pendingTensor(a.shape, new ConvPending(cb.x, cb.w, cb.b, cb.g, { ...cb.epi, res: a.values }), false);
+    out = pendingTensor(a.shape, cb.withEpi({ ...cb.epi, res: a.values }), false);
   } else if (noGraph && ca !== null && ca.epi !== null && ca.epi.res === null && ca.epi.act === 0) {
-    out = pendingTensor(a.shape, new ConvPending(ca.x, ca.w, ca.b, ca.g, { ...ca.epi, res: b.values }), false);
+    out = pendingTensor(a.shape, ca.withEpi({ ...ca.epi, res: b.values }), false);
   } else if (pb !== null && pb.res === null) {
     // add(a, batch norm pending): fused (a following ReLU fuses too)
     const res = a.values;
