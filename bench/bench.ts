@@ -56,7 +56,8 @@ async function gemmPeak(): Promise<void> {
   const b = new Float32Array(n * n).fill(0.25);
   be.matmul(a, b, n, n, n, false, false);
   let best = 0;
-  for (let i = 0; i < 5; i++) {
+  // best of 40 (about 0.2 s): on a shared machine a short window catches a slow phase
+  for (let i = 0; i < 40; i++) {
     const t = performance.now();
     be.matmul(a, b, n, n, n, false, false);
     best = Math.max(best, (2 * n ** 3) / ((performance.now() - t) / 1000) / 1e9);
