@@ -58,8 +58,8 @@ static inline void zero_floats(float *d, long n) {
 }
 
 #if defined(CN_X86)
-#include <immintrin.h>
-#define CONV_A512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#include "cn_avx512.h"
+#define CONV_A512 CN_A512
 
 static CONV_A512 inline __mmask16 lanes_upto(long n) {
   return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);

@@ -24,8 +24,8 @@
 #include <string.h>
 
 #if defined(CN_X86)
-#include <immintrin.h>
-#define DC_A512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#include "cn_avx512.h"
+#define DC_A512 CN_A512
 
 #define DC_MAX_TAPS 49
 #define DC_GROUP 4 /* tiles per task: their inputs stay in L1/L2 while all output channels run */
@@ -81,7 +81,6 @@ DC_A512 static inline __attribute__((always_inline)) void dc_tile_body(
   }
   /* store rows o0 + r < O: v (+ bias) (epilogue: BN, residual, activation), as the GEMM's */
   const cn_epilogue *e = J->epi;
-  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
 #define DC_ST(r, v, yb)                                                                                                \
   do {                                                                                                                 \
     if ((r) < rows) {                                                                                                  \
@@ -93,13 +92,10 @@ DC_A512 static inline __attribute__((always_inline)) void dc_tile_body(
       }                                                                                                                \
       if (J->bias) t_ = _mm512_add_ps(t_, _mm512_set1_ps(J->bias[o0 + (r)]));                                         \
       if (e) {                                                                                                         \
-        t_ = _mm512_fmadd_ps(_mm512_sub_ps(t_, _mm512_set1_ps(e->mean[o0 + (r)])),                                     \
-                             _mm512_set1_ps(e->scale[o0 + (r)]), _mm512_set1_ps(e->shift[o0 + (r)]));                \
+        t_ = cn512_bn(t_, _mm512_set1_ps(e->mean[o0 + (r)]), _mm512_set1_ps(e->scale[o0 + (r)]),                     \
+                      _mm512_set1_ps(e->shift[o0 + (r)]));                                                            \
         if (e->res_base) t_ = _mm512_add_ps(_mm512_loadu_ps(e->res_base + (dst_ - e->out_base)), t_);                  \
-        if (e->act) {                                                                                                  \
-          const __mmask16 k_ = _mm512_cmp_ps_mask(t_, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(t_, t_, _CMP_UNORD_Q);    \
-          t_ = _mm512_maskz_mov_ps(k_, e->act == 2 ? _mm512_min_ps(six, t_) : t_);                                     \
-        }                                                                                                              \
+        t_ = cn512_act(t_, e->act);                                                                                    \
       }                                                                                                                \
       _mm512_storeu_ps(dst_, t_);                                                                                      \
     }                                                                                                                  \
@@ -390,7 +386,7 @@ DC_A512 static void pack_b_dw(const cn_gemm *g, long j0, long len, long k0, long
   const dwpack_ctx *D = (const dwpack_ctx *)g->bctx;
   const long NR = 32, P = D->P, cols = D->N * P;
   const long panels = (len + NR - 1) / NR;
-  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+  const __m512 zero = _mm512_setzero_ps();
   const uint16_t *m = D->masks;
   for (long k = 0; k < kc; k++) {
     const long c = k0 + k;
@@ -410,12 +406,7 @@ DC_A512 static void pack_b_dw(const cn_gemm *g, long j0, long len, long k0, long
         __m512 v = vb;
         for (int q = 0; q < 9; q++)
           if (m[q]) v = _mm512_mask3_fmadd_ps(w[q], _mm512_maskz_loadu_ps((__mmask16)m[q], xp + D->delta[q]), v, (__mmask16)m[q]);
-        v = _mm512_fmadd_ps(_mm512_sub_ps(v, vm), vk, vt);
-        if (D->act) {
-          const __mmask16 keep = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-          v = _mm512_maskz_mov_ps(keep, D->act == 2 ? _mm512_min_ps(six, v) : v);
-        }
-        _mm512_store_ps(d, v);
+        _mm512_store_ps(d, cn512_act(cn512_bn(v, vm, vk, vt), D->act));
       }
   }
 }

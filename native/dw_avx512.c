@@ -9,9 +9,9 @@
 #include <string.h>
 
 #if defined(CN_X86)
-#include <immintrin.h>
+#include "cn_avx512.h"
 
-#define A512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#define A512 CN_A512
 
 int cn_dw_s1_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh, long ow) {
   (void)H;
@@ -74,14 +74,9 @@ static inline const float *at(const float *p, long off) { return (const float *)
 /* inference fusion: the batch norm (+ residual, activation) epilogue on a finished output vector
  * at plane offset `o` (the arithmetic of the separate passes) */
 static A512 inline __m512 pepi(__m512 v, const cn_dw_pepi *pe, long o, __mmask16 valid) {
-  v = _mm512_fmadd_ps(_mm512_sub_ps(v, _mm512_set1_ps(pe->m)), _mm512_set1_ps(pe->k), _mm512_set1_ps(pe->bt));
+  v = cn512_bn(v, _mm512_set1_ps(pe->m), _mm512_set1_ps(pe->k), _mm512_set1_ps(pe->bt));
   if (pe->res) v = _mm512_add_ps(_mm512_maskz_loadu_ps(valid, pe->res + o), v);
-  if (pe->act) {
-    const __m512 zero = _mm512_setzero_ps();
-    const __mmask16 keep = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    v = _mm512_maskz_mov_ps(keep, pe->act == 2 ? _mm512_min_ps(_mm512_set1_ps(6.0f), v) : v);
-  }
-  return v;
+  return cn512_act(v, pe->act);
 }
 
 #define LD(q) _mm512_loadu_ps(at(xb, o##q))

@@ -9,6 +9,7 @@
  * the M/N plane among threads: results do not depend on the number of threads.
  */
 #include "cn.h"
+#include "cn_avx512.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -46,16 +47,17 @@ static void ukr_scalar_4x8(long kc, const float *CN_RESTRICT a, const float *CN_
 
 #if defined(CN_X86)
 /* AVX-512: 8 x 32 tile, 16 zmm accumulators; A values are broadcast from memory. */
-#define AVX512_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
-AVX512_ATTR static void ukr_avx512_8x32(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c,
-                                        long ldc, int overwrite) {
-  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
-  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
-  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
-  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
-  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
-  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
-  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+#define AVX512_ATTR CN_A512
+/* The body shared by the three 8 x 32 kernels below: 16 accumulators c<row><half> from zero, then
+ * kc steps of 8 broadcasts of A against two vectors of B (unrolled by 4, prefetching B). */
+#define UKR512_ACC_ZERO                                                                                                \
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();                                                         \
+  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();                                                         \
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();                                                         \
+  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();                                                         \
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();                                                         \
+  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();                                                         \
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();                                                         \
   __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
 #define STEP512(off)                                                                                                   \
   do {                                                                                                                 \
@@ -71,25 +73,31 @@ AVX512_ATTR static void ukr_avx512_8x32(long kc, const float *CN_RESTRICT a, con
     av = _mm512_set1_ps(ak[6]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61);              \
     av = _mm512_set1_ps(ak[7]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);              \
   } while (0)
-  long k = 0;
-  for (; k + 4 <= kc; k += 4) {
-    _mm_prefetch((const char *)(b + 32 * 8), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 8 + 16), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 10), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 10 + 16), _MM_HINT_T0);
-    STEP512(0);
-    STEP512(1);
-    STEP512(2);
-    STEP512(3);
-    a += 32;
-    b += 128;
-  }
-  for (; k < kc; k++) {
-    STEP512(0);
-    a += 8;
-    b += 32;
-  }
-#undef STEP512
+#define UKR512_KLOOP                                                                                                   \
+  do {                                                                                                                 \
+    long k_ = 0;                                                                                                       \
+    for (; k_ + 4 <= kc; k_ += 4) {                                                                                    \
+      _mm_prefetch((const char *)(b + 32 * 8), _MM_HINT_T0);                                                           \
+      _mm_prefetch((const char *)(b + 32 * 8 + 16), _MM_HINT_T0);                                                      \
+      _mm_prefetch((const char *)(b + 32 * 10), _MM_HINT_T0);                                                          \
+      _mm_prefetch((const char *)(b + 32 * 10 + 16), _MM_HINT_T0);                                                     \
+      STEP512(0);                                                                                                      \
+      STEP512(1);                                                                                                      \
+      STEP512(2);                                                                                                      \
+      STEP512(3);                                                                                                      \
+      a += 32;                                                                                                         \
+      b += 128;                                                                                                        \
+    }                                                                                                                  \
+    for (; k_ < kc; k_++) {                                                                                            \
+      STEP512(0);                                                                                                      \
+      a += 8;                                                                                                          \
+      b += 32;                                                                                                         \
+    }                                                                                                                  \
+  } while (0)
+AVX512_ATTR static void ukr_avx512_8x32(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c,
+                                        long ldc, int overwrite) {
+  UKR512_ACC_ZERO;
+  UKR512_KLOOP;
 #define ST512(r, v0, v1)                                                                                               \
   do {                                                                                                                 \
     float *cr = c + (r)*ldc;                                                                                           \
@@ -148,48 +156,8 @@ AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_pieces(long kc
                                                                          float *const *res, int w, long ldc,
                                                                          int overwrite, const cn_epilogue *e,
                                                                          long ch0) {
-  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
-  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
-  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
-  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
-  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
-  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
-  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
-  __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
-#define STEP512(off)                                                                                                   \
-  do {                                                                                                                 \
-    const __m512 b0 = _mm512_load_ps(b + (off)*32), b1 = _mm512_load_ps(b + (off)*32 + 16);                          \
-    const float *ak = a + (off)*8;                                                                                     \
-    __m512 av;                                                                                                         \
-    av = _mm512_set1_ps(ak[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);              \
-    av = _mm512_set1_ps(ak[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);              \
-    av = _mm512_set1_ps(ak[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);              \
-    av = _mm512_set1_ps(ak[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);              \
-    av = _mm512_set1_ps(ak[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);              \
-    av = _mm512_set1_ps(ak[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);              \
-    av = _mm512_set1_ps(ak[6]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61);              \
-    av = _mm512_set1_ps(ak[7]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);              \
-  } while (0)
-  long k = 0;
-  for (; k + 4 <= kc; k += 4) {
-    _mm_prefetch((const char *)(b + 32 * 8), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 8 + 16), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 10), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 10 + 16), _MM_HINT_T0);
-    STEP512(0);
-    STEP512(1);
-    STEP512(2);
-    STEP512(3);
-    a += 32;
-    b += 128;
-  }
-  for (; k < kc; k++) {
-    STEP512(0);
-    a += 8;
-    b += 32;
-  }
-#undef STEP512
-  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+  UKR512_ACC_ZERO;
+  UKR512_KLOOP;
   const int np = 16 / w; /* pieces per half */
 #define STP(r, h, v)                                                                                                   \
   do {                                                                                                                 \
@@ -197,13 +165,10 @@ AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_pieces(long kc
     if (!overwrite) t_ = _mm512_add_ps(load_pieces(dst, (h)*np, w, (r)*ldc), t_);                                      \
     if (e) {                                                                                                           \
       if (e->bias) t_ = _mm512_add_ps(t_, _mm512_set1_ps(e->bias[ch0 + (r)]));                                         \
-      t_ = _mm512_fmadd_ps(_mm512_sub_ps(t_, _mm512_set1_ps(e->mean[ch0 + (r)])), _mm512_set1_ps(e->scale[ch0 + (r)]), \
-                           _mm512_set1_ps(e->shift[ch0 + (r)]));                                                      \
+      t_ = cn512_bn(t_, _mm512_set1_ps(e->mean[ch0 + (r)]), _mm512_set1_ps(e->scale[ch0 + (r)]),                     \
+                    _mm512_set1_ps(e->shift[ch0 + (r)]));                                                             \
       if (res) t_ = _mm512_add_ps(load_pieces(res, (h)*np, w, (r)*ldc), t_);                                           \
-      if (e->act) {                                                                                                    \
-        const __mmask16 k_ = _mm512_cmp_ps_mask(t_, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(t_, t_, _CMP_UNORD_Q);      \
-        t_ = _mm512_maskz_mov_ps(k_, e->act == 2 ? _mm512_min_ps(six, t_) : t_);                                       \
-      }                                                                                                                \
+      t_ = cn512_act(t_, e->act);                                                                                      \
     }                                                                                                                  \
     store_pieces(dst, (h)*np, w, (r)*ldc, t_);                                                                         \
   } while (0)
@@ -223,48 +188,8 @@ AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_pieces(long kc
 AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_epi(long kc, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *c,
                                             long ldc, int overwrite, const cn_epilogue *e, long ch0,
                                             const float *res) {
-  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
-  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
-  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
-  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
-  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
-  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
-  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
-  __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
-#define STEP512(off)                                                                                                   \
-  do {                                                                                                                 \
-    const __m512 b0 = _mm512_load_ps(b + (off)*32), b1 = _mm512_load_ps(b + (off)*32 + 16);                          \
-    const float *ak = a + (off)*8;                                                                                     \
-    __m512 av;                                                                                                         \
-    av = _mm512_set1_ps(ak[0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01);              \
-    av = _mm512_set1_ps(ak[1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11);              \
-    av = _mm512_set1_ps(ak[2]); c20 = _mm512_fmadd_ps(av, b0, c20); c21 = _mm512_fmadd_ps(av, b1, c21);              \
-    av = _mm512_set1_ps(ak[3]); c30 = _mm512_fmadd_ps(av, b0, c30); c31 = _mm512_fmadd_ps(av, b1, c31);              \
-    av = _mm512_set1_ps(ak[4]); c40 = _mm512_fmadd_ps(av, b0, c40); c41 = _mm512_fmadd_ps(av, b1, c41);              \
-    av = _mm512_set1_ps(ak[5]); c50 = _mm512_fmadd_ps(av, b0, c50); c51 = _mm512_fmadd_ps(av, b1, c51);              \
-    av = _mm512_set1_ps(ak[6]); c60 = _mm512_fmadd_ps(av, b0, c60); c61 = _mm512_fmadd_ps(av, b1, c61);              \
-    av = _mm512_set1_ps(ak[7]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);              \
-  } while (0)
-  long k = 0;
-  for (; k + 4 <= kc; k += 4) {
-    _mm_prefetch((const char *)(b + 32 * 8), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 8 + 16), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 10), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + 32 * 10 + 16), _MM_HINT_T0);
-    STEP512(0);
-    STEP512(1);
-    STEP512(2);
-    STEP512(3);
-    a += 32;
-    b += 128;
-  }
-  for (; k < kc; k++) {
-    STEP512(0);
-    a += 8;
-    b += 32;
-  }
-#undef STEP512
-  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+  UKR512_ACC_ZERO;
+  UKR512_KLOOP;
   const int act = e->act;
 #define EPI1(r, h, v)                                                                                                  \
   do {                                                                                                                 \
@@ -272,13 +197,10 @@ AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_epi(long kc, c
     __m512 t_ = v;                                                                                                     \
     if (!overwrite) t_ = _mm512_add_ps(_mm512_loadu_ps(cr_), t_);                                                      \
     if (e->bias) t_ = _mm512_add_ps(t_, _mm512_set1_ps(e->bias[ch0 + (r)]));                                           \
-    t_ = _mm512_fmadd_ps(_mm512_sub_ps(t_, _mm512_set1_ps(e->mean[ch0 + (r)])), _mm512_set1_ps(e->scale[ch0 + (r)]),  \
-                         _mm512_set1_ps(e->shift[ch0 + (r)]));                                                        \
+    t_ = cn512_bn(t_, _mm512_set1_ps(e->mean[ch0 + (r)]), _mm512_set1_ps(e->scale[ch0 + (r)]),                       \
+                  _mm512_set1_ps(e->shift[ch0 + (r)]));                                                               \
     if (res) t_ = _mm512_add_ps(_mm512_loadu_ps(res + (r)*ldc + 16 * (h)), t_);                                        \
-    if (act) {                                                                                                         \
-      const __mmask16 k_ = _mm512_cmp_ps_mask(t_, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(t_, t_, _CMP_UNORD_Q);        \
-      t_ = _mm512_maskz_mov_ps(k_, act == 2 ? _mm512_min_ps(six, t_) : t_); /* min(6, NaN) is NaN */                   \
-    }                                                                                                                  \
+    t_ = cn512_act(t_, act);                                                                                           \
     _mm512_storeu_ps(cr_, t_);                                                                                         \
   } while (0)
   EPI1(0, 0, c00); EPI1(0, 1, c01);

@@ -1,0 +1,28 @@
+/* AVX-512 pieces shared by the kernel files (gemm.c, conv.c, conv_direct.c, dw_avx512.c): the
+ * target attribute, and the inference epilogue's arithmetic on one vector, so that every fused
+ * path computes exactly what the separate batch norm and activation passes compute. */
+#ifndef CONVNETS_CN_AVX512_H
+#define CONVNETS_CN_AVX512_H
+
+#include "cn.h"
+
+#if defined(CN_X86)
+#include <immintrin.h>
+
+#define CN_A512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+
+/* batch norm as the separate pass (CN_BN_VAL): (v - m) * k + bt with one rounding */
+static CN_A512 inline __m512 cn512_bn(__m512 v, __m512 m, __m512 k, __m512 bt) {
+  return _mm512_fmadd_ps(_mm512_sub_ps(v, m), k, bt);
+}
+
+/* act 1 ReLU, 2 ReLU6, 0 none, with the separate kernels' rules: NaN passes (min(6, NaN) is
+ * NaN), -0 becomes 0 */
+static CN_A512 inline __m512 cn512_act(__m512 v, int act) {
+  if (!act) return v;
+  const __mmask16 keep = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_maskz_mov_ps(keep, act == 2 ? _mm512_min_ps(_mm512_set1_ps(6.0f), v) : v);
+}
+#endif
+
+#endif
