@@ -17,7 +17,7 @@
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 5
+#define CN_ADDON_VERSION 6
 #define MAXARGS 20
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -174,6 +174,28 @@ static int conv_geom(call_t *c, size_t i, cn_conv_geom *g) {
   return 1;
 }
 
+/* optional input transform at arguments i..i+3: mean|null, scale, shift, act (see cn_intf);
+ * returns tf, or NULL when mean is absent */
+static const cn_intf *intf_args(call_t *c, size_t i, const cn_conv_geom *g, cn_intf *tf) {
+  tf->mean = arr(c, i, napi_float32_array, (size_t)g->c, 1, "input transform mean");
+  if (c->failed || !tf->mean) return NULL;
+  tf->scale = arr(c, i + 1, napi_float32_array, (size_t)g->c, 0, "input transform scale");
+  tf->shift = arr(c, i + 2, napi_float32_array, (size_t)g->c, 0, "input transform shift");
+  const long act = inum(c, i + 3);
+  if (c->failed) return NULL;
+  if (act > 2) {
+    fail(c, "convnets native: input transform activation must be 0, 1 or 2");
+    return NULL;
+  }
+  if (!cn_intf_supported(g)) {
+    fail(c, "convnets native: an input transform needs a pointwise or depthwise convolution");
+    return NULL;
+  }
+  tf->act = (int)act;
+  return tf;
+}
+
+/* conv2d(x, w, b|null, y, g[, mean|null, scale, shift, act]): the optional input transform */
 static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   call_t c;
   if (!start(&c, env, info)) return NULL;
@@ -184,9 +206,11 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   const float *w = arr(&c, 1, napi_float32_array, nw, 0, "weight");
   const float *b = arr(&c, 2, napi_float32_array, (size_t)g.o, 1, "bias");
   float *y = arr(&c, 3, napi_float32_array, (size_t)(g.n * g.o * g.oh * g.ow), 0, "y");
+  cn_intf tfs;
+  const cn_intf *tf = intf_args(&c, 5, &g, &tfs);
   if (c.failed) return NULL;
   LOCK();
-  cn_conv2d(x, w, b, y, &g);
+  cn_conv2d_tf(x, tf, w, b, y, &g);
   UNLOCK();
   return undef(env);
 }
@@ -270,6 +294,7 @@ static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/* conv2dBackwardWeight(dy, x, dw, g[, mean|null, scale, shift, act]): the optional input transform */
 static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   call_t c;
   if (!start(&c, env, info)) return NULL;
@@ -278,9 +303,11 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   const float *dy = arr(&c, 0, napi_float32_array, (size_t)(g.n * g.o * g.oh * g.ow), 0, "dy");
   const float *x = arr(&c, 1, napi_float32_array, (size_t)(g.n * g.c * g.h * g.w), 0, "x");
   float *dw = arr(&c, 2, napi_float32_array, (size_t)(g.o * (g.c / g.groups) * g.kh * g.kw), 0, "dw");
+  cn_intf tfs;
+  const cn_intf *tf = intf_args(&c, 4, &g, &tfs);
   if (c.failed) return NULL;
   LOCK();
-  cn_conv2d_backward_weight(dy, x, dw, &g);
+  cn_conv2d_backward_weight_tf(dy, x, tf, dw, &g);
   UNLOCK();
   return undef(env);
 }

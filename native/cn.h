@@ -117,7 +117,29 @@ typedef struct {
   long n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, oh, ow;
 } cn_conv_geom;
 
+/* An input transform (training fusion): the convolution reads act((x - mean[c]) * scale[c] +
+ * shift[c]) instead of x, per input channel c — the batch norm + activation before it, never
+ * stored — with exactly batch-norm apply's arithmetic (so the same floats as materialising it). */
+typedef struct {
+  const float *mean, *scale, *shift;
+  int act; /* 0 none, 1 ReLU, 2 ReLU6 */
+} cn_intf;
+/* whether convolutions of geometry g take an input transform (pointwise 1x1 stride 1 without
+ * padding, or depthwise) */
+int cn_intf_supported(const cn_conv_geom *g);
+/* dst row r (len floats at dst + r * dst_stride) = the transform of src row r, channel
+ * ch0 + r * ch_step (kernels.c, ISA dispatched) */
+void cn_intf_rows(const cn_intf *tf, const float *src, long src_stride, float *dst, long dst_stride, long rows,
+                  long len, long ch0, long ch_step);
+void cn_intf_rows_avx512(const cn_intf *tf, const float *src, long src_stride, float *dst, long dst_stride, long rows,
+                         long len, long ch0, long ch_step);
+
 void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g);
+/* cn_conv2d / cn_conv2d_backward_weight of the transformed input (tf may be NULL; non-NULL only
+ * where cn_intf_supported) */
+void cn_conv2d_tf(const float *x, const cn_intf *tf, const float *w, const float *b, float *y, const cn_conv_geom *g);
+void cn_conv2d_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf, float *dw,
+                                  const cn_conv_geom *g);
 /* convolution with an epilogue (epi->bias is the conv bias; epi->out_base == y) */
 void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom *g, const cn_epilogue *epi);
 void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
@@ -188,6 +210,10 @@ void cn_dw_forward_epi(const float *x, const float *w, const float *b, float *y,
                        const cn_epilogue *epi);
 void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
 void cn_dw_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
+/* the same two of the transformed input (tf may be NULL) */
+void cn_dw_forward_tf(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
+                      const cn_conv_geom *g);
+void cn_dw_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g);
 
 /* Per-plane inference epilogue of the AVX-512 depthwise kernels: y = act(fma(y - m, k, bt) (+ res)). */
 typedef struct {

@@ -23,6 +23,17 @@ static CN_A512 inline __m512 cn512_act(__m512 v, int act) {
   const __mmask16 keep = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   return _mm512_maskz_mov_ps(keep, act == 2 ? _mm512_min_ps(_mm512_set1_ps(6.0f), v) : v);
 }
+
+/* The input transform of a convolution (cn_intf): act(fma(v - m, k, bt)) with ReLU/ReLU6 as
+ * max(0, v) then min(6, v) in the operand order that lets NaN through. It differs from
+ * cn512_act only in keeping -0 as -0, which no convolution can see: its sums start from +0, and
+ * +0 + -0 == +0. */
+static CN_A512 inline __m512 cn512_tf(__m512 v, __m512 m, __m512 k, __m512 bt, int act) {
+  v = cn512_bn(v, m, k, bt);
+  if (act) v = _mm512_max_ps(_mm512_setzero_ps(), v); /* max(0, NaN) = NaN (second operand) */
+  if (act == 2) v = _mm512_min_ps(_mm512_set1_ps(6.0f), v);
+  return v;
+}
 #endif
 
 #endif

@@ -26,6 +26,7 @@ typedef struct {
   long kh, kw, khw, sh, sw, ph, pw, oh, ow, P;
   int pointwise;  /* 1x1, stride 1, no padding: col == x */
   long j_off;     /* added to the column index (image chunking) */
+  const cn_intf *tf; /* input transform (pointwise only), or NULL */
 } im2col_ctx;
 
 static void im2col_init(im2col_ctx *s, const float *x, long C, long H, long W, long c0, long kh, long kw, long sh,
@@ -48,6 +49,7 @@ static void im2col_init(im2col_ctx *s, const float *x, long C, long H, long W, l
   s->P = oh * ow;
   s->pointwise = (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0);
   s->j_off = 0;
+  s->tf = NULL;
 }
 
 static inline void copy_floats(float *CN_RESTRICT d, const float *CN_RESTRICT s, long n) {
@@ -179,6 +181,51 @@ static int make_segments(const im2col_ctx *s, long j0, long len, long kc, colseg
   return ns;
 }
 
+#if defined(CN_X86)
+/* pack_b_im2col's k-rows for a pointwise convolution with an input transform (one channel per
+ * k-row: its coefficients broadcast once, the row segments transformed while copied) */
+static CONV_A512 void pack_rows_tf_avx512(const im2col_ctx *s, const colseg *seg, int ns, long c, long kc,
+                                          float *d0) {
+  const int NR = cn_gk.nr, act = s->tf->act;
+  for (long k = 0; k < kc; k++, c++) {
+    const long ch = s->c0 + c;
+    const __m512 m = _mm512_set1_ps(s->tf->mean[ch]), kk = _mm512_set1_ps(s->tf->scale[ch]),
+                 bt = _mm512_set1_ps(s->tf->shift[ch]);
+    const float *cbase = s->x + ch * s->HW;
+    if (c + 1 < s->C - s->c0) /* the next channel's rows, as pack_b_im2col */
+      for (int q = 0; q < ns; q++) {
+        const char *p = (const char *)(cbase + s->HW + seg[q].n * s->C * s->HW + seg[q].oy * s->ow + seg[q].ox);
+        for (long b = 0; b < seg[q].len * 4; b += 64) __builtin_prefetch(p + b);
+      }
+    float *drow = d0 + k * NR;
+    for (int q = 0; q < ns; q++) {
+      const float *src = cbase + seg[q].n * s->C * s->HW + seg[q].oy * s->ow + seg[q].ox;
+      float *dst = drow + seg[q].dst;
+      const long len = seg[q].len;
+      for (long t = 0; t < len; t += 16) {
+        const __mmask16 mk = lanes_upto(len - t);
+        _mm512_mask_storeu_ps(dst + t, mk, cn512_tf(_mm512_maskz_loadu_ps(mk, src + t), m, kk, bt, act));
+      }
+    }
+  }
+}
+
+/* the transposed panel rows [0, kc) x lanes [0, nr) of pack_b_im2col_t, transformed in place:
+ * lane q is channel ch0 + q */
+static CONV_A512 void tf_panel_avx512(const cn_intf *tf, long ch0, int nr, float *d, long kc) {
+  const int NR = cn_gk.nr;
+  for (int v = 0; v < NR; v += 16) {
+    const int n = nr - v < 16 ? nr - v : 16;
+    if (n <= 0) break;
+    const __mmask16 mk = lanes_upto(n);
+    const __m512 m = _mm512_maskz_loadu_ps(mk, tf->mean + ch0 + v), kk = _mm512_maskz_loadu_ps(mk, tf->scale + ch0 + v),
+                 bt = _mm512_maskz_loadu_ps(mk, tf->shift + ch0 + v);
+    float *p = d + v;
+    for (long k = 0; k < kc; k++, p += NR) _mm512_mask_storeu_ps(p, mk, cn512_tf(_mm512_loadu_ps(p), m, kk, bt, tf->act));
+  }
+}
+#endif
+
 /* B(k, j) = col[k = (c, ky, kx)][j = (n, p)]: panels of NR columns, filled k-row by k-row so
  * that each input row is read sequentially across the whole block. */
 static void pack_b_im2col(const cn_gemm *g, long j0, long len, long k0, long kc, float *dst, int tid) {
@@ -193,6 +240,12 @@ static void pack_b_im2col(const cn_gemm *g, long j0, long len, long k0, long kc,
     float *d0 = dst + (c0 / NR) * kc * NR;
     long c = k0 / s->khw, r = k0 % s->khw;
     long ky = r / s->kw, kx = r % s->kw;
+#if defined(CN_X86)
+    if (s->tf && cn_isa_id == 2) {
+      pack_rows_tf_avx512(s, seg, ns, c, kc, d0);
+      goto tail;
+    }
+#endif
     for (long k = 0; k < kc; k++) {
       float *drow = d0 + k * NR;
       const float *cbase = s->x + (s->c0 + c) * s->HW;
@@ -203,8 +256,13 @@ static void pack_b_im2col(const cn_gemm *g, long j0, long len, long k0, long kc,
           const char *p = (const char *)(cbase + s->HW + seg[q].n * s->C * s->HW + seg[q].oy * s->ow + seg[q].ox);
           for (long b = 0; b < seg[q].len * 4; b += 64) __builtin_prefetch(p + b);
         }
-      for (int q = 0; q < ns; q++)
-        im2col_row(s, cbase + seg[q].n * s->C * s->HW, ky, kx, seg[q].oy, seg[q].ox, seg[q].len, drow + seg[q].dst);
+      if (s->tf) /* pointwise: the row segments, transformed */
+        for (int q = 0; q < ns; q++)
+          cn_intf_rows(s->tf, cbase + seg[q].n * s->C * s->HW + seg[q].oy * s->ow + seg[q].ox, 0, drow + seg[q].dst, 0,
+                       1, seg[q].len, s->c0 + c, 0);
+      else
+        for (int q = 0; q < ns; q++)
+          im2col_row(s, cbase + seg[q].n * s->C * s->HW, ky, kx, seg[q].oy, seg[q].ox, seg[q].len, drow + seg[q].dst);
       if (++kx == s->kw) {
         kx = 0;
         if (++ky == s->kh) {
@@ -213,6 +271,9 @@ static void pack_b_im2col(const cn_gemm *g, long j0, long len, long k0, long kc,
         }
       }
     }
+#if defined(CN_X86)
+  tail:
+#endif
     if (cl % NR) {
       float *last = d0 + (cl / NR) * kc * NR;
       for (long k = 0; k < kc; k++)
@@ -238,9 +299,14 @@ static void bias_task(void *ctx, long t, int tid) {
   for (long i = 0; i < J->P; i++) p[i] += v;
 }
 
-static void conv2d_impl(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
-                        const cn_epilogue *epi) {
+static void conv2d_impl(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
+                        const cn_conv_geom *g, const cn_epilogue *epi) {
   const long cg = g->c / g->groups, og = g->o / g->groups;
+  if (tf && !cn_intf_supported(g)) abort(); /* callers check */
+  if (tf && cg == 1) {
+    cn_dw_forward_tf(x, tf, w, b, y, g);
+    return;
+  }
   if (cg == 1) {
     if (epi) {
       /* the bias is part of the depthwise accumulation already */
@@ -251,7 +317,7 @@ static void conv2d_impl(const float *x, const float *w, const float *b, float *y
       cn_dw_forward(x, w, b, y, g);
     return;
   }
-  if (cn_conv_direct_applies(g)) {
+  if (!tf && cn_conv_direct_applies(g)) {
     cn_conv_direct(x, w, b, y, g, epi);
     return;
   }
@@ -259,6 +325,7 @@ static void conv2d_impl(const float *x, const float *w, const float *b, float *y
   for (long gr = 0; gr < g->groups; gr++) {
     im2col_ctx s;
     im2col_init(&s, x, g->c, g->h, g->w, gr * cg, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow);
+    s.tf = tf;
     cn_gemm G;
     cn_gemm_init_strided(&G, og, g->n * P, Kg, w + gr * og * Kg, Kg, 1, NULL, 0, 0, y + gr * og * P, P);
     G.pack_b = pack_b_im2col;
@@ -282,11 +349,15 @@ static void conv2d_impl(const float *x, const float *w, const float *b, float *y
 }
 
 void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {
-  conv2d_impl(x, w, b, y, g, NULL);
+  conv2d_impl(x, NULL, w, b, y, g, NULL);
+}
+
+void cn_conv2d_tf(const float *x, const cn_intf *tf, const float *w, const float *b, float *y, const cn_conv_geom *g) {
+  conv2d_impl(x, tf, w, b, y, g, NULL);
 }
 
 void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom *g, const cn_epilogue *epi) {
-  conv2d_impl(x, w, epi->bias, y, g, epi);
+  conv2d_impl(x, NULL, w, epi->bias, y, g, epi);
 }
 
 /* ---- backward input ------------------------------------------------------------------------- */
@@ -461,6 +532,12 @@ static void pack_b_im2col_t(const cn_gemm *g, long j0, long len, long k0, long k
   float *tmp = cn_ws(tid, CN_WS_TMP2, (size_t)NR * (size_t)kc);
   if (!tmp) abort();
   const float *src[64];
+  /* an input transform (pointwise): applied to each transposed panel, whose lanes are channels */
+#if defined(CN_X86)
+  const int tf_after = s->tf && cn_isa_id == 2;
+#else
+  const int tf_after = 0;
+#endif
   for (long jp = 0; jp < len; jp += NR) {
     const int nr = (int)(len - jp < NR ? len - jp : NR);
     float *d = dst + (jp / NR) * kc * NR;
@@ -474,7 +551,11 @@ static void pack_b_im2col_t(const cn_gemm *g, long j0, long len, long k0, long k
       long ky = r / s->kw, kx = r % s->kw;
       for (int q = 0; q < nr; q++) {
         const float *plane = s->x + (n * s->C + s->c0 + c) * s->HW;
-        if (s->pointwise) {
+        if (s->tf && !tf_after) { /* pointwise, transformed into the scratch rows */
+          float *t = tmp + (long)q * kc;
+          cn_intf_rows(s->tf, plane + p, 0, t, 0, 1, l, s->c0 + c, 0);
+          src[q] = t;
+        } else if (s->pointwise) {
           src[q] = plane + p;
         } else {
           float *t = tmp + (long)q * kc;
@@ -490,10 +571,13 @@ static void pack_b_im2col_t(const cn_gemm *g, long j0, long len, long k0, long k
         }
       }
       cn_transpose_pack(src, nr, l, d + done * NR, NR);
-      if (s->pointwise) prefetch_next(src, nr, p + l, l, s->P, s->C * s->HW);
+      if (s->pointwise && (!s->tf || tf_after)) prefetch_next(src, nr, p + l, l, s->P, s->C * s->HW);
       done += l;
       k += l;
     }
+#if defined(CN_X86)
+    if (tf_after) tf_panel_avx512(s->tf, s->c0 + j0 + jp, nr, d, kc);
+#endif
   }
 }
 
@@ -509,6 +593,7 @@ typedef struct {
   float *part;
   const cn_conv_geom *g;
   long gr, cg, og, Kg, P, nchunks;
+  const cn_intf *tf;
 } bw_job;
 
 static void bw_chunk_task(void *ctx, long ch, int tid) {
@@ -519,6 +604,7 @@ static void bw_chunk_task(void *ctx, long ch, int tid) {
   im2col_ctx s;
   im2col_init(&s, J->x + n0 * g->c * g->h * g->w, g->c, g->h, g->w, J->gr * J->cg, g->kh, g->kw, g->sh, g->sw, g->ph,
               g->pw, g->oh, g->ow);
+  s.tf = J->tf;
   cn_gemm G;
   cn_gemm_init_strided(&G, J->og, J->Kg, (n1 - n0) * J->P, NULL, 0, 0, NULL, 0, 0, J->part + ch * J->og * J->Kg, J->Kg);
   G.pack_a = pack_a_dyrows;
@@ -547,12 +633,18 @@ static void sum_chunks_task(void *ctx, long t, int tid) {
 }
 
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g) {
+  cn_conv2d_backward_weight_tf(dy, x, NULL, dw, g);
+}
+
+void cn_conv2d_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf, float *dw,
+                                  const cn_conv_geom *g) {
   const long cg = g->c / g->groups, og = g->o / g->groups;
+  if (tf && !cn_intf_supported(g)) abort(); /* callers check */
   if (cg == 1) {
-    cn_dw_backward_weight(dy, x, dw, g);
+    cn_dw_backward_weight_tf(dy, x, tf, dw, g);
     return;
   }
-  if (cn_conv_direct_bw_applies(g)) {
+  if (!tf && cn_conv_direct_bw_applies(g)) {
     cn_conv_direct_backward_weight(dy, x, dw, g);
     return;
   }
@@ -565,7 +657,7 @@ void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const
     if (nchunks >= 2) {
       float *part = cn_gws(CN_GWS_B, (size_t)(nchunks * og * Kg));
       if (!part) abort();
-      bw_job J = {dy, x, part, g, gr, cg, og, Kg, P, nchunks};
+      bw_job J = {dy, x, part, g, gr, cg, og, Kg, P, nchunks, tf};
       cn_parallel(nchunks, bw_chunk_task, &J);
       sum_job S = {part, dw + gr * og * Kg, og * Kg, nchunks, 16384};
       cn_parallel((S.count + S.per - 1) / S.per, sum_chunks_task, &S);
@@ -574,6 +666,7 @@ void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const
     dyrows_ctx a = {dy, g->o, gr * og, P};
     im2col_ctx s;
     im2col_init(&s, x, g->c, g->h, g->w, gr * cg, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow);
+    s.tf = tf;
     cn_gemm G;
     cn_gemm_init_strided(&G, og, Kg, g->n * P, NULL, 0, 0, NULL, 0, 0, dw + gr * og * Kg, Kg);
     G.pack_a = pack_a_dyrows;

@@ -695,7 +695,30 @@ A512 void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x,
   }
 }
 
+/* ---- input transform (training fusion): act(fma(x - m, k, bt)) per row (cn512_tf) ------------ */
+A512 void cn_intf_rows_avx512(const cn_intf *tf, const float *src, long src_stride, float *dst, long dst_stride,
+                              long rows, long len, long ch0, long ch_step) {
+  const int act = tf->act;
+  for (long r = 0; r < rows; r++) {
+    const long ch = ch0 + r * ch_step;
+    const __m512 m = _mm512_set1_ps(tf->mean[ch]), k = _mm512_set1_ps(tf->scale[ch]), bt = _mm512_set1_ps(tf->shift[ch]);
+    const float *s = src + r * src_stride;
+    float *d = dst + r * dst_stride;
+    long i = 0;
+    for (; i + 16 <= len; i += 16) _mm512_storeu_ps(d + i, cn512_tf(_mm512_loadu_ps(s + i), m, k, bt, act));
+    if (i < len) {
+      const __mmask16 t = (__mmask16)((1u << (len - i)) - 1u);
+      _mm512_mask_storeu_ps(d + i, t, cn512_tf(_mm512_maskz_loadu_ps(t, s + i), m, k, bt, act));
+    }
+  }
+}
+
 #else /* not x86-64: never selected */
+void cn_intf_rows_avx512(const cn_intf *tf, const float *src, long src_stride, float *dst, long dst_stride,
+                         long rows, long len, long ch0, long ch_step) {
+  (void)tf, (void)src, (void)src_stride, (void)dst, (void)dst_stride, (void)rows, (void)len, (void)ch0, (void)ch_step;
+  abort();
+}
 int cn_dw_s2_applicable(long H, long W, long kh, long kw, long sh, long sw, long ph, long pw) {
   (void)H, (void)W, (void)kh, (void)kw, (void)sh, (void)sw, (void)ph, (void)pw;
   return 0;

@@ -110,6 +110,27 @@ void cn_epi_rows(const cn_epilogue *e, float *y, long ldc, long rows, long len, 
   K.epi_rows(y, r, ldc, rows, len, ch0, e->bias, e->mean, e->scale, e->shift, e->act);
 }
 
+void cn_intf_rows(const cn_intf *tf, const float *src, long src_stride, float *dst, long dst_stride, long rows,
+                  long len, long ch0, long ch_step) {
+  ensure_k();
+  if (K_isa == 2) {
+    cn_intf_rows_avx512(tf, src, src_stride, dst, dst_stride, rows, len, ch0, ch_step);
+    return;
+  }
+  for (long r = 0; r < rows; r++) {
+    const long ch = ch0 + r * ch_step;
+    K.bn_apply_act(src + r * src_stride, NULL, dst + r * dst_stride, len, tf->mean[ch], tf->scale[ch], tf->shift[ch],
+                   tf->act);
+  }
+}
+
+int cn_intf_supported(const cn_conv_geom *g) {
+  const int pointwise = g->groups == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 &&
+                        g->pw == 0;
+  const int depthwise = g->groups == g->c && g->o % g->c == 0;
+  return pointwise || depthwise;
+}
+
 void cn_transpose_pack(const float *const *rows, int nrows, long len, float *dst, int stride) {
   ensure_k();
   K.transpose_pack(rows, nrows, len, dst, stride);
@@ -496,7 +517,27 @@ typedef struct {
   const cn_dw_sp_plan *sp; /* AVX-512 small-plane path (any stride), or NULL */
   int s2;                  /* AVX-512 3x3 stride-2 row path */
   const cn_epilogue *epi;  /* forward: applied to each output plane (bias already in it), or NULL */
+  const cn_intf *tf;       /* forward, weight gradient: the input transform, or NULL */
 } dw_job;
+
+/* Input planes of channel ic for images n0..n0+count, dw_xs(J) floats apart: x itself, or with
+ * an input transform, the transformed planes in the thread's scratch (then hw apart).
+ * chans > 1: chans adjacent channels of image n0 (hw apart in both cases). */
+static long dw_xs(const dw_job *J) { return (J->tf ? 1 : J->g->c) * J->g->h * J->g->w; }
+
+static const float *dw_in(const dw_job *J, long n0, long count, long ic, long chans, int tid) {
+  const cn_conv_geom *g = J->g;
+  const long hw = g->h * g->w;
+  const float *src = J->x + (n0 * g->c + ic) * hw;
+  if (!J->tf) return src;
+  float *scr = cn_ws(tid, CN_WS_TILE, (size_t)(count * chans * hw + 16));
+  if (!scr) abort();
+  if (chans > 1)
+    cn_intf_rows(J->tf, src, hw, scr, hw, chans, hw, ic, 1);
+  else
+    cn_intf_rows(J->tf, src, g->c * hw, scr, hw, count, hw, ic, 0);
+  return scr;
+}
 
 /* the AVX-512 3x3 stride-2 row path, if usable */
 static int dw_s2(const cn_conv_geom *g) {
@@ -584,12 +625,12 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
           for (int q = 0; q < 4; q++) dw_pepi(J, pl + q, &pe4[q]);
           pp = pe4;
         }
-        cn_dw_sp_planes4_avx512(J->x + (n * g->c + ic) * g->h * g->w, g->h * g->w, J->w + oc * khw, khw,
+        cn_dw_sp_planes4_avx512(dw_in(J, n, 1, ic, 4, tid), g->h * g->w, J->w + oc * khw, khw,
                                 J->b ? J->b + oc : NULL, J->y + pl * g->oh * g->ow, g->oh * g->ow, J->sp, pp);
         pl += 4;
         continue;
       }
-      cn_dw_sp_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+      cn_dw_sp_plane_avx512(dw_in(J, n, 1, ic, 1, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                             J->y + pl * g->oh * g->ow, J->sp, 0, dw_pepi(J, pl, &pe));
       pl++;
     }
@@ -598,7 +639,7 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   if (J->s2) {
     for (long pl = p0; pl < p1; pl++) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
-      cn_dw_s2_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+      cn_dw_s2_plane_avx512(dw_in(J, n, 1, ic, 1, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                             J->y + pl * g->oh * g->ow, g->h, g->w, dw_pepi(J, pl, &pe));
     }
     return;
@@ -606,7 +647,7 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   if (J->w16) {
     for (long pl = p0; pl < p1; pl++) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
-      cn_dw_w16_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+      cn_dw_w16_plane_avx512(dw_in(J, n, 1, ic, 1, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                              J->y + pl * g->oh * g->ow, g->h, g->w, g->ph, g->oh, 0, dw_pepi(J, pl, &pe));
     }
     return;
@@ -614,14 +655,14 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   if (J->plan) {
     for (long pl = p0; pl < p1; pl++) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
-      cn_dw_s1_plane_avx512(J->x + (n * g->c + ic) * g->h * g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+      cn_dw_s1_plane_avx512(dw_in(J, n, 1, ic, 1, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                             J->y + pl * g->oh * g->ow, J->plan, 0, dw_pepi(J, pl, &pe));
     }
     return;
   }
   for (long pl = p0; pl < p1; pl++) {
     const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
-    K.dw_plane(J->x + (n * g->c + ic) * g->h * g->w, g->h, g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+    K.dw_plane(dw_in(J, n, 1, ic, 1, tid), g->h, g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                J->y + pl * g->oh * g->ow, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, 0, ph, tmp);
     DW_EPI(pl);
   }
@@ -637,16 +678,30 @@ static long planes_per_task(long total, long plane_work) {
   return per;
 }
 
+static void cn_dw_forward_tfe(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
+                              const cn_conv_geom *g, const cn_epilogue *epi);
+
 void cn_dw_forward(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {
-  cn_dw_forward_epi(x, w, b, y, g, NULL);
+  cn_dw_forward_tfe(x, NULL, w, b, y, g, NULL);
+}
+
+void cn_dw_forward_tf(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
+                      const cn_conv_geom *g) {
+  cn_dw_forward_tfe(x, tf, w, b, y, g, NULL);
 }
 
 void cn_dw_forward_epi(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
                        const cn_epilogue *epi) {
+  cn_dw_forward_tfe(x, NULL, w, b, y, g, epi);
+}
+
+static void cn_dw_forward_tfe(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
+                              const cn_conv_geom *g, const cn_epilogue *epi) {
   ensure_k();
   dw_job J;
   memset(&J, 0, sizeof(J));
   J.epi = epi;
+  J.tf = tf;
   J.x = x;
   J.w = w;
   J.b = b;
@@ -808,42 +863,42 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
   double *acc = J->part + ch * g->o * khw;
   for (long q = 0; q < g->o * khw; q++) acc[q] = 0.0;
   const long n0 = ch * g->n / J->nchunks, n1 = (ch + 1) * g->n / J->nchunks;
-  const long ohw = g->oh * g->ow, hw = g->h * g->w;
+  const long ohw = g->oh * g->ow, xs = dw_xs(J);
   if (J->s2) {
     for (long oc = 0; oc < g->o; oc++)
-      cn_dw_s2_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, J->x + (n0 * g->c + oc / J->mult) * hw,
-                            g->c * hw, n1 - n0, g->h, g->w, acc + oc * khw);
+      cn_dw_s2_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid),
+                            xs, n1 - n0, g->h, g->w, acc + oc * khw);
     return;
   }
   if (J->sp) {
     for (long oc = 0; oc < g->o; oc++)
-      cn_dw_sp_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, J->x + (n0 * g->c + oc / J->mult) * hw,
-                            g->c * hw, n1 - n0, J->sp, acc + oc * khw);
+      cn_dw_sp_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid),
+                            xs, n1 - n0, J->sp, acc + oc * khw);
     return;
   }
   if (J->w16 && ohw >= 256) {
     for (long n = n0; n < n1; n++)
       for (long oc = 0; oc < g->o; oc++)
-        cn_dw_w16_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, J->x + (n * g->c + oc / J->mult) * hw, 0, 1, g->h,
+        cn_dw_w16_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in(J, n, 1, oc / J->mult, 1, tid), 0, 1, g->h,
                                g->w, g->ph, g->oh, acc + oc * khw);
     return;
   }
   if (J->w16) {
     for (long oc = 0; oc < g->o; oc++)
-      cn_dw_w16_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, J->x + (n0 * g->c + oc / J->mult) * hw,
-                             g->c * hw, n1 - n0, g->h, g->w, g->ph, g->oh, acc + oc * khw);
+      cn_dw_w16_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid),
+                             xs, n1 - n0, g->h, g->w, g->ph, g->oh, acc + oc * khw);
     return;
   }
   if (J->plan) {
     if (ohw >= 256) {
       for (long n = n0; n < n1; n++)
         for (long oc = 0; oc < g->o; oc++)
-          cn_dw_s1_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, J->x + (n * g->c + oc / J->mult) * hw, 0, 1, J->plan,
+          cn_dw_s1_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in(J, n, 1, oc / J->mult, 1, tid), 0, 1, J->plan,
                                 acc + oc * khw);
     } else {
       for (long oc = 0; oc < g->o; oc++)
-        cn_dw_s1_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, J->x + (n0 * g->c + oc / J->mult) * hw,
-                              g->c * hw, n1 - n0, J->plan, acc + oc * khw);
+        cn_dw_s1_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid),
+                              xs, n1 - n0, J->plan, acc + oc * khw);
     }
     return;
   }
@@ -851,21 +906,26 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
     /* large planes: memory order, one plane pair per call */
     for (long n = n0; n < n1; n++)
       for (long oc = 0; oc < g->o; oc++)
-        K.dw_wgrad_planes(J->b + (n * g->o + oc) * ohw, 0, J->x + (n * g->c + oc / J->mult) * hw, 0, 1, g->h, g->w,
+        K.dw_wgrad_planes(J->b + (n * g->o + oc) * ohw, 0, dw_in(J, n, 1, oc / J->mult, 1, tid), 0, 1, g->h, g->w,
                           g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, ph, dyp, acc + oc * khw);
     return;
   }
   /* small planes: per channel over the chunk's images, lanes reduced once */
   for (long oc = 0; oc < g->o; oc++)
-    K.dw_wgrad_planes(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, J->x + (n0 * g->c + oc / J->mult) * hw, g->c * hw,
+    K.dw_wgrad_planes(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid), xs,
                       n1 - n0, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, ph, dyp,
                       acc + oc * khw);
 }
 
 void cn_dw_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g) {
+  cn_dw_backward_weight_tf(dy, x, NULL, dw, g);
+}
+
+void cn_dw_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g) {
   ensure_k();
   dw_job J;
   memset(&J, 0, sizeof(J));
+  J.tf = tf;
   J.x = x;
   J.b = dy;
   J.y = dw;

@@ -138,6 +138,43 @@ function opTests(): void {
     assert.equal(F.dropout(x, 0.25, false), x);
   });
 
+  test('batch norm + activation read by depthwise / pointwise convolutions in training: the same values and gradients as stored', () => {
+    // Training fusion: relu6(batch_norm(x)) stays pending and the convolution applies it while
+    // reading (forward and weight gradient). Reading the activation's values first stores it
+    // (the unfused path): both must give the same floats.
+    const run = (store: boolean): Float32Array[] => {
+      let s = 7;
+      const rnd = (n: number, scale: number, off = 0): Float32Array => Float32Array.from({ length: n }, () => {
+        s = (s * 1103515245 + 12345) % 2147483648;
+        return off + scale * (s / 1073741824 - 1);
+      });
+      const x = tensor(rnd(2 * 8 * 8 * 8, 3), [2, 8, 8, 8], { requiresGrad: true });
+      const g1 = tensor(rnd(8, 0.5, 1), [8], { requiresGrad: true });
+      const b1 = tensor(rnd(8, 1), [8], { requiresGrad: true });
+      const wd = tensor(rnd(8 * 9, 0.5), [8, 1, 3, 3], { requiresGrad: true });
+      const g2 = tensor(rnd(8, 0.5, 1), [8], { requiresGrad: true });
+      const b2 = tensor(rnd(8, 1), [8], { requiresGrad: true });
+      const wp = tensor(rnd(12 * 8, 0.5), [12, 8, 1, 1], { requiresGrad: true });
+      const opts = { training: true, momentum: 0.1, eps: 1e-5 };
+      const y = F.relu6(F.batchNorm(x, null, null, g1, b1, opts));
+      if (store) void y.values;
+      else assert.equal(y._pending?.kind, 'batch_norm_act', 'the activation is pending: the fused path is tested');
+      const z = F.conv2d(y, wd, null, { padding: 1, groups: 8 });
+      const u = F.relu(F.batchNorm(z, null, null, g2, b2, opts));
+      if (store) void u.values;
+      const v = F.conv2d(u, wp);
+      F.sum(F.mul(v, tensor(rnd(v.size, 1), v.shape))).backward();
+      return [v.values, y.values, u.values, ...[x, g1, b1, wd, g2, b2, wp].map((p) => p.grad!.values)];
+    };
+    const fused = run(false);
+    const stored = run(true);
+    const names = ['output', 'relu6 output', 'relu output', 'x.grad', 'bn1.weight.grad', 'bn1.bias.grad', 'dw.weight.grad', 'bn2.weight.grad', 'bn2.bias.grad', 'pw.weight.grad'];
+    fused.forEach((a, k) => {
+      assert.ok(l2(a) > 0, `${names[k]}: not all zeros`);
+      for (let i = 0; i < a.length; i++) if (a[i] !== stored[k][i]) assert.fail(`${names[k]}[${i}]: ${a[i]} (fused) != ${stored[k][i]} (stored)`);
+    });
+  });
+
   test('optimisers: Adam, AdamW and SGD (momentum, dampening, nesterov, weight decay), 3 steps', async () => {
     const f = await fixture('optim.safetensors');
     const cases = JSON.parse(f.metadata.cases) as string[];

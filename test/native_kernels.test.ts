@@ -353,6 +353,54 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     }
   });
 
+  test('convolution of a transformed input (training fusion) == convolution of the batch norm apply output', () => {
+    const cases: [string, ConvGeom][] = [
+      ['pointwise 32x32', convGeom(2, 24, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1)],
+      ['pointwise 8x8, deep (several depth blocks)', convGeom(3, 300, 8, 8, 24, 1, 1, 1, 1, 0, 0, 1)],
+      ['pointwise 4x4, large weight gradient (not chunked)', convGeom(2, 600, 4, 4, 480, 1, 1, 1, 1, 0, 0, 1)],
+      ['pointwise 2x2', convGeom(16, 40, 2, 2, 24, 1, 1, 1, 1, 0, 0, 1)],
+      ['depthwise 32x32', convGeom(2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 16)],
+      ['depthwise 16x16', convGeom(2, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 8)],
+      ['depthwise 8x8', convGeom(3, 20, 8, 8, 20, 3, 3, 1, 1, 1, 1, 20)],
+      ['depthwise 4x4 (four planes at a time, 22 channels)', convGeom(3, 22, 4, 4, 22, 3, 3, 1, 1, 1, 1, 22)],
+      ['depthwise 2x2', convGeom(2, 8, 2, 2, 8, 3, 3, 1, 1, 1, 1, 8)],
+      ['depthwise 32x32 s2', convGeom(2, 8, 32, 32, 8, 3, 3, 2, 2, 1, 1, 8)],
+      ['depthwise 8x8 s2', convGeom(3, 20, 8, 8, 20, 3, 3, 2, 2, 1, 1, 20)],
+      ['depthwise 9x10 (general path)', convGeom(2, 6, 9, 10, 6, 3, 3, 1, 1, 1, 1, 6)],
+      ['depthwise, channel multiplier 2', convGeom(2, 6, 8, 8, 12, 3, 3, 1, 1, 1, 1, 6)],
+    ];
+    // equal as numbers (the transform may keep a -0 where the apply pass writes +0; no sum sees it)
+    const same = (got: F32, want: F32, what: string): void => {
+      assert.equal(got.length, want.length, what);
+      for (let i = 0; i < want.length; i++) if (!(got[i] === want[i] || (Number.isNaN(got[i]) && Number.isNaN(want[i])))) assert.fail(`${what}: [${i}] ${got[i]} != ${want[i]}`);
+    };
+    for (const [name, g] of cases) {
+      const hw = g.h * g.w;
+      const x = randn(g.n * g.c * hw, 2);
+      x[5] = NaN; // propagates through the activation like the apply pass
+      const wt = randn(g.o * (g.c / g.groups) * g.kh * g.kw, 0.5);
+      const b = randn(g.o, 0.1);
+      const dy = randn(g.n * g.o * g.oh * g.ow);
+      const tf = { mean: randn(g.c, 0.2), scale: randn(g.c, 1, 0.5), shift: randn(g.c, 2), act: 0 as 0 | 1 | 2 };
+      tf.scale[1] = 0; // a whole channel of exact zeros (-0 after the transform for some values)
+      forEachIsa((isa) => {
+        for (const act of [0, 1, 2] as const) {
+          tf.act = act;
+          const xt = be.batchNormApply(x, tf.mean, tf.scale, tf.shift, null, g.n, g.c, hw, act);
+          const what = `${isa} ${name} act ${act}`;
+          same(be.conv2d(x, wt, b, g, tf), be.conv2d(xt, wt, b, g), `${what}: forward`);
+          const dwWant = be.conv2dBackwardWeight(dy, xt, g);
+          same(be.conv2dBackwardWeight(dy, x, g, tf), dwWant, `${what}: weight gradient`);
+          if (isa === 'avx512' && act === 2) close(ref.conv2dBackwardWeight(dy, x, g, tf).map((v) => (Number.isNaN(v) ? 0 : v)), dwWant.map((v) => (Number.isNaN(v) ? 0 : v)), BWD, `${what}: vs reference`);
+        }
+      });
+    }
+    const g3 = convGeom(1, 4, 4, 4, 4, 3, 3, 1, 1, 1, 1, 1);
+    const tf = { mean: randn(4), scale: randn(4), shift: randn(4), act: 1 as const };
+    assert.throws(() => be.conv2d(randn(64), randn(144), null, g3, tf), /pointwise or depthwise/);
+    assert.throws(() => be.conv2dBackwardWeight(randn(64), randn(64), g3, tf), /pointwise or depthwise/);
+  });
+
   test('elementwise kernels, including lengths that span several threads', () => {
     for (const len of [0, 1, 31, 1000, 200_003]) {
       const a = randn(len, 8);

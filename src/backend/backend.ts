@@ -72,6 +72,25 @@ export interface ConvEpilogue {
   act: Act;
 }
 
+/**
+ * What a convolution reads instead of its input x (training fusion): act((x - mean) * scale +
+ * shift) per input channel, batchNormApply's formula — the batch norm and activation before the
+ * convolution, never stored. (C) each.
+ */
+export interface InputTransform {
+  mean: F32;
+  scale: F32;
+  shift: F32;
+  act: Act;
+}
+
+/** Geometries whose conv2d / conv2dBackwardWeight take an InputTransform: pointwise or depthwise. */
+export function inputTransformApplies(g: ConvGeom): boolean {
+  const pointwise = g.groups === 1 && g.kh === 1 && g.kw === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 && g.pw === 0;
+  const depthwise = g.groups === g.c && g.o % g.c === 0;
+  return pointwise || depthwise;
+}
+
 /** A depthwise convolution with its eval batch norm and activation (conv2dAfterDepthwise). */
 export interface DepthwiseStage {
   x: F32;
@@ -110,7 +129,9 @@ export interface Backend {
 
   // ---- convolution ------------------------------------------------------------------
   // x: (N, C, H, W), w: (O, C/groups, KH, KW), b: (O) or null -> y: (N, O, OH, OW)
-  conv2d(x: F32, w: F32, b: F32 | null, g: ConvGeom): F32;
+  // tf: convolve the transformed input instead (only where inputTransformApplies(g)); the same
+  // floats as conv2d(batchNormApply(x, tf...), ...)
+  conv2d(x: F32, w: F32, b: F32 | null, g: ConvGeom, tf?: InputTransform | null): F32;
   // conv2d followed by batchNormApply(y, epi.mean, epi.scale, epi.shift, epi.res, ..., epi.act) in
   // one pass (inference fusion; same arithmetic as the two calls)
   conv2dFused(x: F32, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue): F32;
@@ -122,8 +143,8 @@ export interface Backend {
   conv2dAfterDepthwise?(dw: DepthwiseStage, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue | null): F32 | null;
   // dy: (N, O, OH, OW), w -> dx: (N, C, H, W)
   conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32;
-  // dy: (N, O, OH, OW), x: (N, C, H, W) -> dw: (O, C/groups, KH, KW)
-  conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom): F32;
+  // dy: (N, O, OH, OW), x: (N, C, H, W) -> dw: (O, C/groups, KH, KW); tf as in conv2d
+  conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom, tf?: InputTransform | null): F32;
 
   // ---- batch norm (per channel over N, H, W) ---------------------------------------
   // x: (N, C, HW) -> y, batch statistics

@@ -7,17 +7,17 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Act, AdamHyper, Backend, DepthwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
+import type { Act, AdamHyper, Backend, DepthwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, InputTransform, PoolGeom, SgdHyper } from './backend.js';
 import { allocOutput, releaseOutput, setAddressProbe } from './arena.js';
 
 /** The functions exported by the compiled addon (native/addon.c). */
 interface NativeAddon {
   version: number;
-  conv2d(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array): void;
+  conv2d(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, tfMean?: F32, tfScale?: F32, tfShift?: F32, tfAct?: number): void;
   conv2dFused(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, mean: F32, scale: F32, shift: F32, res: F32 | null, act: number): void;
   conv2dDwPw(x: F32, wd: F32, bd: F32 | null, gd: Int32Array, md: F32, sd: F32, td: F32, actd: number, w: F32, b: F32 | null, y: F32, g: Int32Array, mean: F32 | null, scale: F32 | null, shift: F32 | null, res: F32 | null, act: number): boolean;
   conv2dBackwardInput(dy: F32, w: F32, dx: F32, geom: Int32Array): void;
-  conv2dBackwardWeight(dy: F32, x: F32, dw: F32, geom: Int32Array): void;
+  conv2dBackwardWeight(dy: F32, x: F32, dw: F32, geom: Int32Array, tfMean?: F32, tfScale?: F32, tfShift?: F32, tfAct?: number): void;
   bnTrain(x: F32, w: F32 | null, b: F32 | null, y: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
   bnEval(x: F32, mean: F32, varRunning: F32, w: F32 | null, b: F32 | null, y: F32, n: number, c: number, hw: number, eps: number): void;
   bnBackward(dy: F32, x: F32, mean: F32, invstd: F32, w: F32 | null, dx: F32, dw: F32, db: F32, n: number, c: number, hw: number): void;
@@ -44,7 +44,7 @@ interface NativeAddon {
   byteAlignment(a: F32): number;
 }
 
-const ADDON_VERSION = 5;
+const ADDON_VERSION = 6;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -110,9 +110,10 @@ function makeBackend(A: NativeAddon): Backend {
   return {
     name: 'native',
 
-    conv2d(x: F32, w: F32, b: F32 | null, g: ConvGeom): F32 {
+    conv2d(x: F32, w: F32, b: F32 | null, g: ConvGeom, tf?: InputTransform | null): F32 {
       const y = out(g.n * g.o * g.oh * g.ow);
-      A.conv2d(x, w, b, y, convGeom(g));
+      if (tf) A.conv2d(x, w, b, y, convGeom(g), tf.mean, tf.scale, tf.shift, tf.act);
+      else A.conv2d(x, w, b, y, convGeom(g));
       return y;
     },
     conv2dFused(x: F32, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue): F32 {
@@ -135,9 +136,10 @@ function makeBackend(A: NativeAddon): Backend {
       A.conv2dBackwardInput(dy, w, dx, convGeom(g));
       return dx;
     },
-    conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom): F32 {
+    conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom, tf?: InputTransform | null): F32 {
       const dw = out(g.o * (g.c / g.groups) * g.kh * g.kw);
-      A.conv2dBackwardWeight(dy, x, dw, convGeom(g));
+      if (tf) A.conv2dBackwardWeight(dy, x, dw, convGeom(g), tf.mean, tf.scale, tf.shift, tf.act);
+      else A.conv2dBackwardWeight(dy, x, dw, convGeom(g));
       return dw;
     },
 

@@ -1,7 +1,7 @@
 // The reference backend: plain TypeScript loops, written to be obviously correct.
 // It is the oracle the fast backends are tested against. Sums are accumulated in
 // JavaScript numbers (float64) and rounded to float32 when stored.
-import type { Act, AdamHyper, Backend, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, PoolGeom, SgdHyper } from './backend.js';
+import { inputTransformApplies, type Act, type AdamHyper, type Backend, type BatchNormGrads, type BatchNormStats, type BatchNormTrainResult, type ConvEpilogue, type ConvGeom, type F32, type InputTransform, type PoolGeom, type SgdHyper } from './backend.js';
 
 // ---- convolution ----------------------------------------------------------------------
 
@@ -435,13 +435,20 @@ function sgdStepInPlace(param: F32, grad: F32, buf: F32 | null, h: SgdHyper): vo
   }
 }
 
+// The input a convolution with an input transform reads: batchNormApply's output, materialised.
+function transformedInput(x: F32, g: ConvGeom, tf: InputTransform | null | undefined): F32 {
+  if (!tf) return x;
+  if (!inputTransformApplies(g)) throw new Error('reference backend: an input transform needs a pointwise or depthwise convolution');
+  return batchNormApply(x, tf.mean, tf.scale, tf.shift, null, g.n, g.c, g.h * g.w, tf.act);
+}
+
 export const referenceBackend: Backend = {
   name: 'reference',
-  conv2d,
+  conv2d: (x, w, b, g, tf) => conv2d(transformedInput(x, g, tf), w, b, g),
   conv2dFused: (x: F32, w: F32, b: F32 | null, g: ConvGeom, e: ConvEpilogue): F32 =>
     batchNormApply(conv2d(x, w, b, g), e.mean, e.scale, e.shift, e.res, g.n, g.o, g.oh * g.ow, e.act),
   conv2dBackwardInput,
-  conv2dBackwardWeight,
+  conv2dBackwardWeight: (dy, x, g, tf) => conv2dBackwardWeight(dy, transformedInput(x, g, tf), g),
   batchNormTrain,
   batchNormEval,
   batchNormBackward,

@@ -2,7 +2,7 @@
 // records how to compute its backward pass. This is the only place autograd rules live.
 import { getBackend } from '../backend/registry.js';
 import { allocOutput, currentArena } from '../backend/arena.js';
-import { ACT_RELU, ACT_RELU6, convOutSize, type Act, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type PoolGeom } from '../backend/backend.js';
+import { ACT_RELU, ACT_RELU6, convOutSize, inputTransformApplies, type Act, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type InputTransform, type PoolGeom } from '../backend/backend.js';
 import { Generator, defaultGenerator } from './random.js';
 import { Tensor, formatShape, isGradEnabled, noGrad, pendingTensor, type GradFn, type PendingValues } from './tensor.js';
 
@@ -42,6 +42,36 @@ class BatchNormPending implements PendingValues {
   compute(): F32 {
     return getBackend().batchNormApply(this.x, this.mean, this.scale, this.shift, this.res, this.n, this.c, this.hw, 0);
   }
+}
+
+/**
+ * A training batch norm's output with its ReLU/ReLU6, not yet computed:
+ * act((x - mean) * scale + shift). A pointwise or depthwise convolution that reads it takes the
+ * formula instead (InputTransform) and applies it while loading its input, in the forward pass
+ * and again in its weight gradient, so the activation is never stored (one write and one read
+ * of the tensor saved, and its memory). Anything else that reads it materialises it.
+ */
+class BatchNormActPending implements PendingValues {
+  readonly kind = 'batch_norm_act';
+  constructor(
+    readonly bn: BatchNormPending,
+    readonly act: Act,
+  ) {}
+  get transform(): InputTransform {
+    return { mean: this.bn.mean, scale: this.bn.scale, shift: this.bn.shift, act: this.act };
+  }
+  compute(): F32 {
+    const p = this.bn;
+    return getBackend().batchNormApply(p.x, p.mean, p.scale, p.shift, null, p.n, p.c, p.hw, this.act);
+  }
+}
+
+/** CONVNETS_FUSE_TRAIN=0 stores every batch norm + activation output in training (for comparisons). */
+const fuseTraining = typeof process === 'undefined' || process.env.CONVNETS_FUSE_TRAIN !== '0';
+
+function bnActPendingOf(t: Tensor): BatchNormActPending | null {
+  const p = t._pending;
+  return p instanceof BatchNormActPending ? p : null;
 }
 
 /**
@@ -167,14 +197,17 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
     // (the network's input: the stem convolution): deferred, to fuse what follows
     return pendingTensor([n, o, oh, ow], new ConvPending(x.values, weight.values, bias ? bias.values : null, g, null), false);
   }
-  const y = be.conv2d(x.values, weight.values, bias ? bias.values : null, g);
-  const xv = x.values;
+  // the pending batch norm + activation of training, applied while reading (see BatchNormActPending)
+  const tp = bnActPendingOf(x);
+  const tf = tp !== null && inputTransformApplies(g) ? tp.transform : null;
+  const xv = tf !== null ? tp!.bn.x : x.values;
+  const y = be.conv2d(xv, weight.values, bias ? bias.values : null, g, tf);
   const wv = weight.values;
   const out = result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], (gy) => {
     const b = getBackend();
     return [
       x.requiresGrad ? b.conv2dBackwardInput(gy, wv, g) : null,
-      weight.requiresGrad ? b.conv2dBackwardWeight(gy, xv, g) : null,
+      weight.requiresGrad ? b.conv2dBackwardWeight(gy, xv, g, tf) : null,
       bias && bias.requiresGrad ? b.sumChannels(gy, n, o, oh * ow) : null,
     ];
   });
@@ -298,6 +331,20 @@ function activation(x: Tensor, act: Act): Tensor {
     return pendingTensor(x.shape, cp.withEpi({ ...cp.epi, act }), false);
   }
   const p = bnPendingOf(x);
+  if (p !== null && p.res === null && fuseTraining && isGradEnabled() && x.requiresGrad) {
+    // training: batch norm + activation stay pending, for a convolution to apply while reading
+    // (the activation's backward is fused into the batch norm's, which recomputes the mask from
+    // the batch norm's input; the stored output is only needed if that fusion does not happen)
+    const pending = new BatchNormActPending(p, act);
+    const name = act === ACT_RELU ? 'ReluBackward' : 'Relu6Backward';
+    const out: Tensor = pendingResult(pending, x.shape, {
+      name,
+      inputs: [x],
+      backward: (gy) => [act === ACT_RELU ? getBackend().reluBackward(gy, out.values) : getBackend().relu6Backward(gy, out.values)],
+      act,
+    });
+    return out;
+  }
   // fused with a pending batch norm (and add) before it: one pass, its output never materialised
   const y = p !== null ? be.batchNormApply(p.x, p.mean, p.scale, p.shift, p.res, p.n, p.c, p.hw, act) : act === ACT_RELU ? be.relu(x.values) : be.relu6(x.values);
   const needs = isGradEnabled() && x.requiresGrad;
