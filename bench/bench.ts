@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { median } from './median.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
@@ -85,11 +86,17 @@ async function worker(name: string): Promise<void> {
       loss.backward();
       opt.step();
     });
+  // seconds per step: the median of the steps' times (on this shared machine a slow phase can
+  // catch a step or two; PyTorch's and onnxruntime's sides are timed the same way)
   const timed = (fn: () => void, steps: number, warmup = 1): number => {
     for (let i = 0; i < warmup; i++) fn();
-    const t = performance.now();
-    for (let i = 0; i < steps; i++) fn();
-    return (performance.now() - t) / 1000 / steps;
+    const ts: number[] = [];
+    for (let i = 0; i < steps; i++) {
+      const t = performance.now();
+      fn();
+      ts.push((performance.now() - t) / 1000);
+    }
+    return median(ts);
   };
   net.train();
   const tTrain = timed(trainStep, trainSteps);

@@ -10,6 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { median } from './median.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -60,11 +61,16 @@ function input(n: number): Float32Array {
   return new Float32Array(n * 3 * 32 * 32).map((_, i) => ((i * 2654435761) % 1000) / 1000);
 }
 
+/** Seconds per step: the median of the steps' times, as bench.ts times our side. */
 async function timed(fn: () => Promise<unknown>, steps: number, warmup: number): Promise<number> {
   for (let i = 0; i < warmup; i++) await fn();
-  const t = performance.now();
-  for (let i = 0; i < steps; i++) await fn();
-  return (performance.now() - t) / 1000 / steps;
+  const ts: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const t = performance.now();
+    await fn();
+    ts.push((performance.now() - t) / 1000);
+  }
+  return median(ts);
 }
 
 async function main(): Promise<void> {

@@ -1,6 +1,6 @@
 # PyTorch side of `npm run bench`: the same measurements on the same machine, JSON on stdout.
 # Run with Debian's PyTorch: /usr/bin/python3 bench/bench_torch.py --models ... --threads 2
-import argparse, json, os, sys, time
+import argparse, json, os, statistics, sys, time
 
 p = argparse.ArgumentParser()
 p.add_argument('--reference', default=os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference'))
@@ -24,12 +24,15 @@ fmt = torch.channels_last if a.channels_last else torch.contiguous_format
 
 
 def timed(fn, steps, warmup=1):
+    # seconds per step: the median of the steps' times, as bench.ts times our side
     for _ in range(warmup):
         fn()
-    t = time.perf_counter()
+    ts = []
     for _ in range(steps):
+        t = time.perf_counter()
         fn()
-    return (time.perf_counter() - t) / steps
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
 
 
 out = {'torch': torch.__version__, 'threads': torch.get_num_threads(), 'channels_last': a.channels_last, 'models': {}}
