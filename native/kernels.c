@@ -521,22 +521,47 @@ typedef struct {
 } dw_job;
 
 /* Input planes of channel ic for images n0..n0+count, dw_xs(J) floats apart: x itself, or with
- * an input transform, the transformed planes in the thread's scratch (then hw apart).
- * chans > 1: chans adjacent channels of image n0 (hw apart in both cases). */
+ * an input transform, the transformed planes in the thread's scratch (then hw apart). */
 static long dw_xs(const dw_job *J) { return (J->tf ? 1 : J->g->c) * J->g->h * J->g->w; }
 
-static const float *dw_in(const dw_job *J, long n0, long count, long ic, long chans, int tid) {
+static const float *dw_in(const dw_job *J, long n0, long count, long ic, int tid) {
   const cn_conv_geom *g = J->g;
   const long hw = g->h * g->w;
   const float *src = J->x + (n0 * g->c + ic) * hw;
   if (!J->tf) return src;
-  float *scr = cn_ws(tid, CN_WS_TILE, (size_t)(count * chans * hw + 16));
+  float *scr = cn_ws(tid, CN_WS_TILE, (size_t)(count * hw + 16));
   if (!scr) abort();
-  if (chans > 1)
-    cn_intf_rows(J->tf, src, hw, scr, hw, chans, hw, ic, 1);
-  else
-    cn_intf_rows(J->tf, src, g->c * hw, scr, hw, count, hw, ic, 0);
+  cn_intf_rows(J->tf, src, g->c * hw, scr, hw, count, hw, ic, 0);
   return scr;
+}
+
+/* Channels ic..ic+chans of image n (adjacent planes, hw apart): x itself, or with an input
+ * transform, from a run of transformed planes (~8 KB: small planes are transformed many per
+ * call; larger runs, or prefetching the next run, measured slower) in the thread's scratch,
+ * made when a request falls outside the current run: channels ic.. of image n, at most `limit`
+ * (what the caller will still read of this image). */
+typedef struct {
+  long n, ic0, cnt;
+  float *buf;
+} dw_run;
+#define DW_RUN_FLOATS 2048
+
+static const float *dw_in_run(const dw_job *J, dw_run *R, long n, long ic, long chans, long limit, int tid) {
+  const cn_conv_geom *g = J->g;
+  const long hw = g->h * g->w;
+  const float *src = J->x + (n * g->c + ic) * hw;
+  if (!J->tf) return src;
+  if (R->cnt && R->n == n && ic >= R->ic0 && ic + chans <= R->ic0 + R->cnt) return R->buf + (ic - R->ic0) * hw;
+  long cnt = DW_RUN_FLOATS / hw;
+  if (cnt > limit) cnt = limit;
+  if (cnt < chans) cnt = chans;
+  R->buf = cn_ws(tid, CN_WS_TILE, (size_t)(cnt * hw + 16));
+  if (!R->buf) abort();
+  cn_intf_rows(J->tf, src, hw, R->buf, hw, cnt, hw, ic, 1);
+  R->n = n;
+  R->ic0 = ic;
+  R->cnt = cnt;
+  return R->buf;
 }
 
 /* the AVX-512 3x3 stride-2 row path, if usable */
@@ -610,6 +635,9 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   float *tmp = cn_ws(tid, CN_WS_TMP2, (size_t)dw_row_floats(g->oh, g->ow, g->kh, g->kw, g->sw));
   if (!ph || !tmp) abort();
   const long khw = g->kh * g->kw;
+  dw_run R = {0, 0, 0, NULL};
+/* input channels this task still reads of image n from plane pl on */
+#define DW_LIMIT (g->c - ic < (p1 - pl + J->mult - 1) / J->mult ? g->c - ic : (p1 - pl + J->mult - 1) / J->mult)
   const long p0 = t * J->planes_per_task;
   long p1 = p0 + J->planes_per_task;
   if (p1 > J->total) p1 = J->total;
@@ -625,12 +653,12 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
           for (int q = 0; q < 4; q++) dw_pepi(J, pl + q, &pe4[q]);
           pp = pe4;
         }
-        cn_dw_sp_planes4_avx512(dw_in(J, n, 1, ic, 4, tid), g->h * g->w, J->w + oc * khw, khw,
+        cn_dw_sp_planes4_avx512(dw_in_run(J, &R, n, ic, 4, DW_LIMIT, tid), g->h * g->w, J->w + oc * khw, khw,
                                 J->b ? J->b + oc : NULL, J->y + pl * g->oh * g->ow, g->oh * g->ow, J->sp, pp);
         pl += 4;
         continue;
       }
-      cn_dw_sp_plane_avx512(dw_in(J, n, 1, ic, 1, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+      cn_dw_sp_plane_avx512(dw_in_run(J, &R, n, ic, 1, DW_LIMIT, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                             J->y + pl * g->oh * g->ow, J->sp, 0, dw_pepi(J, pl, &pe));
       pl++;
     }
@@ -639,7 +667,7 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   if (J->s2) {
     for (long pl = p0; pl < p1; pl++) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
-      cn_dw_s2_plane_avx512(dw_in(J, n, 1, ic, 1, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+      cn_dw_s2_plane_avx512(dw_in_run(J, &R, n, ic, 1, DW_LIMIT, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                             J->y + pl * g->oh * g->ow, g->h, g->w, dw_pepi(J, pl, &pe));
     }
     return;
@@ -647,7 +675,7 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   if (J->w16) {
     for (long pl = p0; pl < p1; pl++) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
-      cn_dw_w16_plane_avx512(dw_in(J, n, 1, ic, 1, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+      cn_dw_w16_plane_avx512(dw_in_run(J, &R, n, ic, 1, DW_LIMIT, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                              J->y + pl * g->oh * g->ow, g->h, g->w, g->ph, g->oh, 0, dw_pepi(J, pl, &pe));
     }
     return;
@@ -655,18 +683,19 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   if (J->plan) {
     for (long pl = p0; pl < p1; pl++) {
       const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
-      cn_dw_s1_plane_avx512(dw_in(J, n, 1, ic, 1, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+      cn_dw_s1_plane_avx512(dw_in_run(J, &R, n, ic, 1, DW_LIMIT, tid), J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                             J->y + pl * g->oh * g->ow, J->plan, 0, dw_pepi(J, pl, &pe));
     }
     return;
   }
   for (long pl = p0; pl < p1; pl++) {
     const long n = pl / g->o, oc = pl % g->o, ic = oc / J->mult;
-    K.dw_plane(dw_in(J, n, 1, ic, 1, tid), g->h, g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
+    K.dw_plane(dw_in_run(J, &R, n, ic, 1, DW_LIMIT, tid), g->h, g->w, J->w + oc * khw, J->b ? J->b[oc] : 0.0f,
                J->y + pl * g->oh * g->ow, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, 0, ph, tmp);
     DW_EPI(pl);
   }
 }
+#undef DW_LIMIT
 
 static long planes_per_task(long total, long plane_work) {
   const int T = cn_num_threads();
@@ -864,28 +893,37 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
   for (long q = 0; q < g->o * khw; q++) acc[q] = 0.0;
   const long n0 = ch * g->n / J->nchunks, n1 = (ch + 1) * g->n / J->nchunks;
   const long ohw = g->oh * g->ow, xs = dw_xs(J);
+  dw_run R = {0, 0, 0, NULL};
+  if (J->s2 && ohw >= 256) {
+    /* large planes: memory order, one plane pair per call */
+    for (long n = n0; n < n1; n++)
+      for (long oc = 0; oc < g->o; oc++)
+        cn_dw_s2_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in_run(J, &R, n, oc / J->mult, 1, g->c - oc / J->mult, tid), 0, 1, g->h, g->w,
+                              acc + oc * khw);
+    return;
+  }
   if (J->s2) {
     for (long oc = 0; oc < g->o; oc++)
-      cn_dw_s2_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid),
+      cn_dw_s2_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid),
                             xs, n1 - n0, g->h, g->w, acc + oc * khw);
     return;
   }
   if (J->sp) {
     for (long oc = 0; oc < g->o; oc++)
-      cn_dw_sp_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid),
+      cn_dw_sp_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid),
                             xs, n1 - n0, J->sp, acc + oc * khw);
     return;
   }
   if (J->w16 && ohw >= 256) {
     for (long n = n0; n < n1; n++)
       for (long oc = 0; oc < g->o; oc++)
-        cn_dw_w16_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in(J, n, 1, oc / J->mult, 1, tid), 0, 1, g->h,
+        cn_dw_w16_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in_run(J, &R, n, oc / J->mult, 1, g->c - oc / J->mult, tid), 0, 1, g->h,
                                g->w, g->ph, g->oh, acc + oc * khw);
     return;
   }
   if (J->w16) {
     for (long oc = 0; oc < g->o; oc++)
-      cn_dw_w16_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid),
+      cn_dw_w16_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid),
                              xs, n1 - n0, g->h, g->w, g->ph, g->oh, acc + oc * khw);
     return;
   }
@@ -893,11 +931,11 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
     if (ohw >= 256) {
       for (long n = n0; n < n1; n++)
         for (long oc = 0; oc < g->o; oc++)
-          cn_dw_s1_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in(J, n, 1, oc / J->mult, 1, tid), 0, 1, J->plan,
+          cn_dw_s1_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in_run(J, &R, n, oc / J->mult, 1, g->c - oc / J->mult, tid), 0, 1, J->plan,
                                 acc + oc * khw);
     } else {
       for (long oc = 0; oc < g->o; oc++)
-        cn_dw_s1_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid),
+        cn_dw_s1_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid),
                               xs, n1 - n0, J->plan, acc + oc * khw);
     }
     return;
@@ -906,13 +944,13 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
     /* large planes: memory order, one plane pair per call */
     for (long n = n0; n < n1; n++)
       for (long oc = 0; oc < g->o; oc++)
-        K.dw_wgrad_planes(J->b + (n * g->o + oc) * ohw, 0, dw_in(J, n, 1, oc / J->mult, 1, tid), 0, 1, g->h, g->w,
+        K.dw_wgrad_planes(J->b + (n * g->o + oc) * ohw, 0, dw_in_run(J, &R, n, oc / J->mult, 1, g->c - oc / J->mult, tid), 0, 1, g->h, g->w,
                           g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, ph, dyp, acc + oc * khw);
     return;
   }
   /* small planes: per channel over the chunk's images, lanes reduced once */
   for (long oc = 0; oc < g->o; oc++)
-    K.dw_wgrad_planes(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, 1, tid), xs,
+    K.dw_wgrad_planes(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid), xs,
                       n1 - n0, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, ph, dyp,
                       acc + oc * khw);
 }
