@@ -182,15 +182,20 @@ static int make_segments(const im2col_ctx *s, long j0, long len, long kc, colseg
 }
 
 #if defined(CN_X86)
-/* pack_b_im2col's k-rows for a pointwise convolution with an input transform (one channel per
- * k-row: its coefficients broadcast once, the row segments transformed while copied) */
-static CONV_A512 void pack_rows_tf_avx512(const im2col_ctx *s, const colseg *seg, int ns, long c, long kc,
+/* pack_b_im2col's k-rows for a pointwise convolution (one channel per k-row), with the input
+ * transform if any (its coefficients broadcast once per row, the row segments transformed while
+ * copied) */
+static CONV_A512 void pack_rows_pw_avx512(const im2col_ctx *s, const colseg *seg, int ns, long c, long kc,
                                           float *d0) {
-  const int NR = cn_gk.nr, act = s->tf->act;
+  const int NR = cn_gk.nr, act = s->tf ? s->tf->act : 0;
   for (long k = 0; k < kc; k++, c++) {
     const long ch = s->c0 + c;
-    const __m512 m = _mm512_set1_ps(s->tf->mean[ch]), kk = _mm512_set1_ps(s->tf->scale[ch]),
-                 bt = _mm512_set1_ps(s->tf->shift[ch]);
+    __m512 m = _mm512_setzero_ps(), kk = m, bt = m;
+    if (s->tf) {
+      m = _mm512_set1_ps(s->tf->mean[ch]);
+      kk = _mm512_set1_ps(s->tf->scale[ch]);
+      bt = _mm512_set1_ps(s->tf->shift[ch]);
+    }
     const float *cbase = s->x + ch * s->HW;
     if (c + 1 < s->C - s->c0) /* the next channel's rows, as pack_b_im2col */
       for (int q = 0; q < ns; q++) {
@@ -202,10 +207,16 @@ static CONV_A512 void pack_rows_tf_avx512(const im2col_ctx *s, const colseg *seg
       const float *src = cbase + seg[q].n * s->C * s->HW + seg[q].oy * s->ow + seg[q].ox;
       float *dst = drow + seg[q].dst;
       const long len = seg[q].len;
-      for (long t = 0; t < len; t += 16) {
-        const __mmask16 mk = lanes_upto(len - t);
-        _mm512_mask_storeu_ps(dst + t, mk, cn512_tf(_mm512_maskz_loadu_ps(mk, src + t), m, kk, bt, act));
-      }
+      if (s->tf)
+        for (long t = 0; t < len; t += 16) {
+          const __mmask16 mk = lanes_upto(len - t);
+          _mm512_mask_storeu_ps(dst + t, mk, cn512_tf(_mm512_maskz_loadu_ps(mk, src + t), m, kk, bt, act));
+        }
+      else
+        for (long t = 0; t < len; t += 16) {
+          const __mmask16 mk = lanes_upto(len - t);
+          _mm512_mask_storeu_ps(dst + t, mk, _mm512_maskz_loadu_ps(mk, src + t));
+        }
     }
   }
 }
@@ -241,8 +252,8 @@ static void pack_b_im2col(const cn_gemm *g, long j0, long len, long k0, long kc,
     long c = k0 / s->khw, r = k0 % s->khw;
     long ky = r / s->kw, kx = r % s->kw;
 #if defined(CN_X86)
-    if (s->tf && cn_isa_id == 2) {
-      pack_rows_tf_avx512(s, seg, ns, c, kc, d0);
+    if (s->pointwise && cn_isa_id == 2) {
+      pack_rows_pw_avx512(s, seg, ns, c, kc, d0);
       goto tail;
     }
 #endif
