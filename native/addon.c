@@ -17,7 +17,7 @@
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 6
+#define CN_ADDON_VERSION 7
 #define MAXARGS 20
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -213,6 +213,68 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   cn_conv2d_tf(x, tf, w, b, y, &g);
   UNLOCK();
   return undef(env);
+}
+
+/* the epilogue of block stage k: e = Float32Array [mean (C) | scale (C) | shift (C) | bias (C)?]
+ * (3C values: no bias), act */
+static int block_epi(call_t *c, size_t i, long C, const char *what, const float *res, float *y, int act,
+                     cn_epilogue *e) {
+  const float *v = arr(c, i, napi_float32_array, (size_t)(3 * C), 0, what);
+  if (c->failed) return 0;
+  const size_t len = arr_len(c, i);
+  if (len != (size_t)(3 * C) && len != (size_t)(4 * C)) {
+    fail(c, "convnets native: a block epilogue has 3 or 4 rows of the channel count");
+    return 0;
+  }
+  e->mean = v;
+  e->scale = v + C;
+  e->shift = v + 2 * C;
+  e->bias = len == (size_t)(4 * C) ? v + 3 * C : NULL;
+  e->res_base = res;
+  e->out_base = y;
+  e->row0 = 0;
+  e->act = act;
+  return 1;
+}
+
+/* blockInfer(x, y, g1, w1, e1, g2, w2, e2, g3, w3, e3|null, res|null, acts Int32Array [3]):
+ * MobileNetV2's inverted residual block in inference (cn_block_infer); false where it does not
+ * apply (nothing computed) */
+static napi_value js_block_infer(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  cn_conv_geom g1, g2, g3;
+  if (!conv_geom(&c, 2, &g1) || !conv_geom(&c, 5, &g2) || !conv_geom(&c, 8, &g3)) return NULL;
+  const float *x = arr(&c, 0, napi_float32_array, (size_t)(g1.n * g1.c * g1.h * g1.w), 0, "x");
+  const size_t ny = (size_t)(g3.n * g3.o * g3.oh * g3.ow);
+  float *y = arr(&c, 1, napi_float32_array, ny, 0, "y");
+  const float *w1 = arr(&c, 3, napi_float32_array, (size_t)(g1.o * g1.c), 0, "expand weight");
+  const float *w2 = arr(&c, 6, napi_float32_array, (size_t)(g2.o * (g2.c / g2.groups) * g2.kh * g2.kw), 0, "depthwise weight");
+  const float *w3 = arr(&c, 9, napi_float32_array, (size_t)(g3.o * g3.c), 0, "project weight");
+  const float *res = arr(&c, 11, napi_float32_array, ny, 1, "residual");
+  const int32_t *acts = (const int32_t *)arr(&c, 12, napi_int32_array, 3, 0, "activations");
+  if (c.failed) return NULL;
+  for (int k = 0; k < 3; k++)
+    if (acts[k] < 0 || acts[k] > 2) {
+      fail(&c, "convnets native: bad activation code");
+      return NULL;
+    }
+  cn_epilogue e1, e2, e3;
+  if (!block_epi(&c, 4, g1.o, "expand epilogue", NULL, NULL, acts[0], &e1) ||
+      !block_epi(&c, 7, g2.o, "depthwise epilogue", NULL, NULL, acts[1], &e2))
+    return NULL;
+  const int has3 = !is_nullish(&c, 10);
+  if (has3 && !block_epi(&c, 10, g3.o, "project epilogue", res, y, acts[2], &e3)) return NULL;
+  if (!has3 && res) {
+    fail(&c, "convnets native: a residual needs the project epilogue");
+    return NULL;
+  }
+  LOCK();
+  const int ok = cn_block_infer(x, &g1, w1, &e1, &g2, w2, &e2, &g3, w3, has3 ? &e3 : NULL, y);
+  UNLOCK();
+  napi_value r;
+  napi_get_boolean(env, ok != 0, &r);
+  return r;
 }
 
 /* conv2dDwPw(x, wd, bd|null, gd, md, sd, td, actd, w, b|null, y, g, mean|null, scale, shift,
@@ -793,6 +855,7 @@ NAPI_MODULE_INIT() {
     napi_callback fn;
   } fns[] = {
       {"conv2d", js_conv2d},
+      {"blockInfer", js_block_infer},
       {"conv2dFused", js_conv2d_fused},
       {"conv2dDwPw", js_conv2d_dwpw},
       {"conv2dBackwardInput", js_conv2d_bwd_input},

@@ -39,7 +39,7 @@ void cn_pool_shutdown(void);
 
 /* Per-thread workspace, reused across calls (grown on demand, 64-byte aligned, contents not
  * preserved when grown). Slot indices below. Returns NULL on allocation failure. */
-enum { CN_WS_PACKA = 0, CN_WS_PACKB, CN_WS_TMP, CN_WS_TMP2, CN_WS_TILE, CN_WS_NSLOTS };
+enum { CN_WS_PACKA = 0, CN_WS_PACKB, CN_WS_TMP, CN_WS_TMP2, CN_WS_TILE, CN_WS_BLK1, CN_WS_BLK2, CN_WS_NSLOTS };
 float *cn_ws(int tid, int slot, size_t nfloats);
 /* Process-wide workspace (only used outside parallel regions, on the calling thread). */
 enum { CN_GWS_A = 0, CN_GWS_B, CN_GWS_C, CN_GWS_NSLOTS };
@@ -159,6 +159,15 @@ int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, cons
                    const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
                    const cn_epilogue *epi);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
+/* MobileNetV2's inverted residual block in inference, one image at a time with the two expanded
+ * intermediates in per-thread scratch (never stored): y = e3(pointwise g3 (w3) of
+ * e2(depthwise g2 (w2) of e1(pointwise g1 (w1) of x))). e1, e2: their convolution's bias (or
+ * NULL) + batch norm + activation, no residual; e3: as cn_conv2d_epi (may have a residual), or
+ * NULL (then no bias). The same floats as the three fused convolutions. Returns 0 without
+ * computing anything where the shapes do not chain or the planes are smaller than 16x16. */
+int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, const cn_epilogue *e1,
+                   const cn_conv_geom *g2, const float *w2, const cn_epilogue *e2, const cn_conv_geom *g3,
+                   const float *w3, const cn_epilogue *e3, float *y);
 
 /* ---- other kernels (kernels.c) ----------------------------------------------------------- */
 typedef struct {
@@ -210,6 +219,12 @@ void cn_dw_forward_epi(const float *x, const float *w, const float *b, float *y,
                        const cn_epilogue *epi);
 void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
 void cn_dw_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
+/* One image's depthwise forward (weights w, + epilogue, whose bias is the convolution's) on the
+ * calling thread: plans made once by cn_dw_prepare for geometry g (its n is ignored). */
+typedef struct cn_dw_prep cn_dw_prep;
+cn_dw_prep *cn_dw_prepare(const cn_conv_geom *g, const float *w, const cn_epilogue *epi);
+void cn_dw_forward_one(const cn_dw_prep *p, const float *x, float *y, int tid);
+void cn_dw_release(cn_dw_prep *p);
 /* the same two of the transformed input (tf may be NULL) */
 void cn_dw_forward_tf(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
                       const cn_conv_geom *g);

@@ -371,6 +371,71 @@ void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom 
   conv2d_impl(x, NULL, w, epi->bias, y, g, epi);
 }
 
+/* ---- MobileNetV2's inverted residual block in inference ------------------------------------------- */
+
+static int pointwise_geom(const cn_conv_geom *g) {
+  return g->groups == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+}
+
+typedef struct {
+  const float *x, *w1, *w3;
+  float *y;
+  const cn_conv_geom *g1, *g2, *g3;
+  const cn_epilogue *e1, *e3;
+  const cn_dw_prep *dw;
+} block_job;
+
+/* y[n] (O x P2) = W (O x K) * B (K x P), B one image's pointwise input; epilogue e (or none) */
+static void pointwise_one(const float *b, long K, long P, const float *w, long O, float *y, const cn_epilogue *e,
+                          int tid) {
+  im2col_ctx s;
+  im2col_init(&s, b, K, P, 1, 0, 1, 1, 1, 1, 0, 0, P, 1);
+  cn_gemm G;
+  cn_gemm_init_strided(&G, O, P, K, w, K, 1, NULL, 0, 0, y, P);
+  G.pack_b = pack_b_im2col;
+  G.bctx = &s;
+  G.seg_len = P;
+  G.seg_stride = O * P;
+  G.epi = e;
+  cn_gemm_serial(&G, 0, O, 0, P, tid);
+}
+
+static void block_task(void *ctx, long n, int tid) {
+  const block_job *J = (const block_job *)ctx;
+  const cn_conv_geom *g1 = J->g1, *g2 = J->g2, *g3 = J->g3;
+  const long P1 = g1->oh * g1->ow, P2 = g2->oh * g2->ow;
+  float *E1 = cn_ws(tid, CN_WS_BLK1, (size_t)(g1->o * P1));
+  float *E2 = cn_ws(tid, CN_WS_BLK2, (size_t)(g2->o * P2));
+  if (!E1 || !E2) abort();
+  cn_epilogue e1 = *J->e1;
+  e1.row0 = 0;
+  e1.out_base = E1;
+  e1.res_base = NULL;
+  pointwise_one(J->x + n * g1->c * P1, g1->c, P1, J->w1, g1->o, E1, &e1, tid);
+  cn_dw_forward_one(J->dw, E1, E2, tid);
+  pointwise_one(E2, g3->c, P2, J->w3, g3->o, J->y + n * g3->o * P2, J->e3, tid);
+}
+
+int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, const cn_epilogue *e1,
+                   const cn_conv_geom *g2, const float *w2, const cn_epilogue *e2, const cn_conv_geom *g3,
+                   const float *w3, const cn_epilogue *e3, float *y) {
+  if (!pointwise_geom(g1) || !pointwise_geom(g3) || g2->groups != g2->c || g2->o != g2->c || g2->c != g1->o ||
+      g3->c != g2->o || g1->n != g2->n || g2->n != g3->n || g2->h != g1->oh || g2->w != g1->ow || g3->h != g2->oh ||
+      g3->w != g2->ow || !e1 || !e2 || e1->res_base || e2->res_base || g1->h * g1->w < 256)
+    return 0;
+  cn_epilogue e3l;
+  if (e3) {
+    e3l = *e3;
+    e3l.row0 = 0;
+    e3l.out_base = y;
+  }
+  cn_dw_prep *dw = cn_dw_prepare(g2, w2, e2);
+  block_job J = {x, w1, w3, y, g1, g2, g3, e1, e3 ? &e3l : NULL, dw};
+  cn_parallel(g1->n, block_task, &J);
+  cn_dw_release(dw);
+  return 1;
+}
+
 /* ---- backward input ------------------------------------------------------------------------- */
 
 typedef struct {

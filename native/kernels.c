@@ -752,6 +752,55 @@ static void cn_dw_forward_tfe(const float *x, const cn_intf *tf, const float *w,
   if (J.sp) cn_dw_sp_release(&SP);
 }
 
+struct cn_dw_prep {
+  dw_job J;
+  cn_conv_geom g1;
+  cn_epilogue e;
+  cn_dw_plan P;
+  cn_dw_sp_plan SP;
+};
+
+cn_dw_prep *cn_dw_prepare(const cn_conv_geom *g, const float *w, const cn_epilogue *epi) {
+  ensure_k();
+  cn_dw_prep *p = (cn_dw_prep *)calloc(1, sizeof(cn_dw_prep));
+  if (!p) abort();
+  p->g1 = *g;
+  p->g1.n = 1;
+  const cn_conv_geom *g1 = &p->g1;
+  dw_job *J = &p->J;
+  J->g = g1;
+  J->w = w;
+  J->b = epi ? epi->bias : NULL; /* the bias is part of the depthwise accumulation */
+  if (epi) {
+    p->e = *epi;
+    p->e.bias = NULL;
+    J->epi = &p->e;
+  }
+  J->mult = g1->o / g1->c;
+  J->total = g1->o;
+  J->planes_per_task = J->total;
+  if (dw_sp_plan(&p->SP, g1, 0)) J->sp = &p->SP;
+  J->s2 = !J->sp && dw_s2(g1);
+  J->w16 = !J->sp && !J->s2 && K_isa == 2 && cn_dw_w16_applicable(g1->w, g1->kh, g1->kw, g1->sh, g1->sw, g1->pw, g1->ow);
+  if (!J->sp && !J->s2 && !J->w16 &&
+      dw_fast_plan(&p->P, g1->h, g1->w, g1->kh, g1->kw, g1->sh, g1->sw, g1->ph, g1->pw, g1->oh, g1->ow))
+    J->plan = &p->P;
+  return p;
+}
+
+void cn_dw_forward_one(const cn_dw_prep *p, const float *x, float *y, int tid) {
+  dw_job J = p->J;
+  J.x = x;
+  J.y = y;
+  dw_fwd_task(&J, 0, tid);
+}
+
+void cn_dw_release(cn_dw_prep *p) {
+  if (p->J.plan) cn_dw_s1_release(&p->P);
+  if (p->J.sp) cn_dw_sp_release(&p->SP);
+  free(p);
+}
+
 /* dx planes (n, ic) for the task's range. */
 static void dw_bwd_in_task(void *ctx, long t, int tid) {
   const dw_job *J = (const dw_job *)ctx;

@@ -313,6 +313,48 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     assert.equal(be.conv2dAfterDepthwise!({ x: randn(2 * 8 * 64), w: randn(72), b: null, g: gd, epi }, randn(128), null, g, null), null);
   });
 
+  test('inverted residual block fused (inference) == the three fused convolutions, bit for bit', () => {
+    const epi = (c: number, act: 0 | 1 | 2, res: F32 | null = null) => ({ mean: randn(c, 0.2), scale: randn(c, 0.5, 1), shift: randn(c, 0.5), res, act });
+    const cases: [string, number, number, number, number, number, number, boolean, boolean][] = [
+      // name, n, cin, expanded, cout, size, stride, residual, biases
+      ['16 -> 96 -> 24, 32x32', 3, 16, 96, 24, 32, 1, false, false],
+      ['24 -> 144 -> 24, 32x32, residual', 2, 24, 144, 24, 32, 1, true, false],
+      ['24 -> 144 -> 32, 32x32 stride 2', 2, 24, 144, 32, 32, 2, false, false],
+      ['32 -> 40 -> 32, 16x16, residual, biases, ReLU', 3, 32, 40, 32, 16, 1, true, true],
+      ['12 -> 20 -> 9, 16x16, no project epilogue', 2, 12, 20, 9, 16, 1, false, false],
+    ];
+    for (const [name, n, cin, e, cout, h, s, withRes, withBias] of cases) {
+      const oh = h / s;
+      const g1 = convGeom(n, cin, h, h, e, 1, 1, 1, 1, 0, 0, 1);
+      const g2 = convGeom(n, e, h, h, e, 3, 3, s, s, 1, 1, e);
+      const g3 = convGeom(n, e, oh, oh, cout, 1, 1, 1, 1, 0, 0, 1);
+      const x = randn(n * cin * h * h);
+      const w1 = randn(e * cin, 0.5);
+      const w2 = randn(e * 9, 0.5);
+      const w3 = randn(cout * e, 0.3);
+      const b1 = withBias ? randn(e, 0.2) : null;
+      const b2 = withBias ? randn(e, 0.2) : null;
+      const b3 = withBias ? randn(cout, 0.2) : null;
+      const act = withBias ? 1 : 2;
+      const e1 = epi(e, act);
+      const e2 = epi(e, act);
+      const noEpi3 = name.includes('no project');
+      const e3 = noEpi3 ? null : epi(cout, withRes ? 1 : 0, withRes ? randn(n * cout * oh * oh) : null);
+      const mid = be.conv2dFused(be.conv2dFused(x, w1, b1, g1, e1), w2, b2, g2, e2);
+      const want = e3 ? be.conv2dFused(mid, w3, b3, g3, e3) : be.conv2d(mid, w3, b3, g3);
+      const got = be.conv2dBlock!({ x, w: w1, b: b1, g: g1, epi: e1 }, { x: new Float32Array(0), w: w2, b: b2, g: g2, epi: e2 }, w3, b3, g3, e3);
+      assert.ok(got !== null, `${name}: fused`);
+      assert.deepEqual(got, want, `${name}: bit-identical`);
+      const refMid = ref.conv2dFused(ref.conv2dFused(x, w1, b1, g1, e1), w2, b2, g2, e2);
+      close(got!, e3 ? ref.conv2dFused(refMid, w3, b3, g3, e3) : ref.conv2d(refMid, w3, b3, g3), FWD, `${name}: vs reference`);
+    }
+    // planes smaller than 16x16: declined (nothing computed), the caller runs the three layers
+    const g1 = convGeom(2, 8, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1);
+    const g2 = convGeom(2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 16);
+    const g3 = convGeom(2, 16, 8, 8, 8, 1, 1, 1, 1, 0, 0, 1);
+    assert.equal(be.conv2dBlock!({ x: randn(2 * 8 * 64), w: randn(128), b: null, g: g1, epi: epi(16, 2) }, { x: new Float32Array(0), w: randn(144), b: null, g: g2, epi: epi(16, 2) }, randn(128), null, g3, epi(8, 0)), null);
+  });
+
   test('convolution fused with batch norm, residual and activation (inference) == the separate kernels', () => {
     const cases: [string, ConvGeom, boolean][] = [
       ['pointwise 32x32', convGeom(2, 24, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1), false],

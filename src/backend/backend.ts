@@ -91,6 +91,15 @@ export function inputTransformApplies(g: ConvGeom): boolean {
   return pointwise || depthwise;
 }
 
+/** A pointwise convolution with its eval batch norm and activation (conv2dBlock's expansion). */
+export interface PointwiseStage {
+  x: F32;
+  w: F32;
+  b: F32 | null;
+  g: ConvGeom;
+  epi: ConvEpilogue; // res must be null
+}
+
 /** A depthwise convolution with its eval batch norm and activation (conv2dAfterDepthwise). */
 export interface DepthwiseStage {
   x: F32;
@@ -141,6 +150,12 @@ export interface Backend {
   // depthwise layer followed by conv2d/conv2dFused of the pointwise one, to float32 rounding.
   // null where the backend or the geometry does not allow it (nothing computed).
   conv2dAfterDepthwise?(dw: DepthwiseStage, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue | null): F32 | null;
+  // Optional (inference fusion): MobileNetV2's inverted residual block — the pointwise
+  // convolution (w, b, g) [+ epi] of act(bn(depthwise dw of act(bn(pointwise expand of
+  // expand.x)))), both expanded intermediates computed image by image and never stored (dw.x is
+  // ignored). Same floats as the three conv2dFused calls. null where the backend or the
+  // geometry does not allow it (nothing computed).
+  conv2dBlock?(expand: PointwiseStage, dw: DepthwiseStage, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue | null): F32 | null;
   // dy: (N, O, OH, OW), w -> dx: (N, C, H, W)
   conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32;
   // dy: (N, O, OH, OW), x: (N, C, H, W) -> dw: (O, C/groups, KH, KW); tf as in conv2d

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Act, AdamHyper, Backend, DepthwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, InputTransform, PoolGeom, SgdHyper } from './backend.js';
+import type { Act, AdamHyper, Backend, DepthwiseStage, PointwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, InputTransform, PoolGeom, SgdHyper } from './backend.js';
 import { allocOutput, releaseOutput, setAddressProbe } from './arena.js';
 
 /** The functions exported by the compiled addon (native/addon.c). */
@@ -15,6 +15,7 @@ interface NativeAddon {
   version: number;
   conv2d(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, tfMean?: F32, tfScale?: F32, tfShift?: F32, tfAct?: number): void;
   conv2dFused(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, mean: F32, scale: F32, shift: F32, res: F32 | null, act: number): void;
+  blockInfer(x: F32, y: F32, g1: Int32Array, w1: F32, e1: F32, g2: Int32Array, w2: F32, e2: F32, g3: Int32Array, w3: F32, e3: F32 | null, res: F32 | null, acts: Int32Array): boolean;
   conv2dDwPw(x: F32, wd: F32, bd: F32 | null, gd: Int32Array, md: F32, sd: F32, td: F32, actd: number, w: F32, b: F32 | null, y: F32, g: Int32Array, mean: F32 | null, scale: F32 | null, shift: F32 | null, res: F32 | null, act: number): boolean;
   conv2dBackwardInput(dy: F32, w: F32, dx: F32, geom: Int32Array): void;
   conv2dBackwardWeight(dy: F32, x: F32, dw: F32, geom: Int32Array, tfMean?: F32, tfScale?: F32, tfShift?: F32, tfAct?: number): void;
@@ -44,7 +45,7 @@ interface NativeAddon {
   byteAlignment(a: F32): number;
 }
 
-const ADDON_VERSION = 6;
+const ADDON_VERSION = 7;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -90,6 +91,17 @@ function makeBackend(A: NativeAddon): Backend {
     cg[7] = g.sh; cg[8] = g.sw; cg[9] = g.ph; cg[10] = g.pw; cg[11] = g.groups; cg[12] = g.oh; cg[13] = g.ow;
     return cg;
   };
+  // a fresh geometry array (for calls that take several)
+  const geomOf = (g: ConvGeom): Int32Array => new Int32Array([g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.groups, g.oh, g.ow]);
+  // conv2dBlock's per-stage epilogue: [mean | scale | shift | bias?] (see blockInfer)
+  const blockEpi = (e: ConvEpilogue, b: F32 | null, c: number): F32 => {
+    const v = new Float32Array((b ? 4 : 3) * c);
+    v.set(e.mean.subarray(0, c), 0);
+    v.set(e.scale.subarray(0, c), c);
+    v.set(e.shift.subarray(0, c), 2 * c);
+    if (b) v.set(b.subarray(0, c), 3 * c);
+    return v;
+  };
   const poolGeom = (g: PoolGeom): Int32Array => {
     pg[0] = g.n; pg[1] = g.c; pg[2] = g.h; pg[3] = g.w; pg[4] = g.kh; pg[5] = g.kw;
     pg[6] = g.sh; pg[7] = g.sw; pg[8] = g.ph; pg[9] = g.pw; pg[10] = g.oh; pg[11] = g.ow;
@@ -127,6 +139,15 @@ function makeBackend(A: NativeAddon): Backend {
       const y = out(g.n * g.o * g.oh * g.ow);
       const e = dw.epi;
       const ok = A.conv2dDwPw(dw.x, dw.w, dw.b, cgd, e.mean, e.scale, e.shift, e.act, w, b, y, convGeom(g), epi ? epi.mean : null, epi ? epi.scale : null, epi ? epi.shift : null, epi ? epi.res : null, epi ? epi.act : 0);
+      if (ok) return y;
+      releaseOutput(y);
+      return null;
+    },
+    conv2dBlock(ex: PointwiseStage, dw: DepthwiseStage, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue | null): F32 | null {
+      // bias rows only where there is a bias; no bias and no epilogue: plain project convolution
+      if (!epi && b) return null;
+      const y = out(g.n * g.o * g.oh * g.ow);
+      const ok = A.blockInfer(ex.x, y, geomOf(ex.g), ex.w, blockEpi(ex.epi, ex.b, ex.g.o), geomOf(dw.g), dw.w, blockEpi(dw.epi, dw.b, dw.g.o), geomOf(g), w, epi ? blockEpi(epi, b, g.o) : null, epi ? epi.res : null, new Int32Array([ex.epi.act, dw.epi.act, epi ? epi.act : 0]));
       if (ok) return y;
       releaseOutput(y);
       return null;

@@ -91,13 +91,28 @@ class ConvPending implements PendingValues {
     /** A pointwise convolution whose input is this depthwise stage (x is then pre.x, unused):
      *  MobileNet's separable block, computed without storing the depthwise output. */
     readonly pre: DepthwiseStage | null = null,
+    /** The input (of pre when there is one) is this deferred pointwise convolution's output, not
+     *  computed (x / pre.x are then empty): MobileNetV2's expansion, so that the whole inverted
+     *  residual block can run fused (conv2dBlock). */
+    readonly src: ConvPending | null = null,
   ) {}
   /** The same convolution followed by another epilogue. */
   withEpi(epi: ConvEpilogue): ConvPending {
-    return new ConvPending(this.x, this.w, this.b, this.g, epi, this.pre);
+    return new ConvPending(this.x, this.w, this.b, this.g, epi, this.pre, this.src);
   }
   compute(): F32 {
     const be = getBackend();
+    const s = this.src;
+    if (s !== null) {
+      if (this.pre !== null && be.conv2dBlock) {
+        const y = be.conv2dBlock({ x: s.x, w: s.w, b: s.b, g: s.g, epi: s.epi! }, this.pre, this.w, this.b, this.g, this.epi);
+        if (y !== null) return y;
+      }
+      // not fused: the expansion first, then as without it
+      const xs = s.compute();
+      const pre = this.pre !== null ? { ...this.pre, x: xs } : null;
+      return new ConvPending(pre !== null ? EMPTY : xs, this.w, this.b, this.g, this.epi, pre).compute();
+    }
     let x = this.x;
     if (this.pre !== null) {
       const y = be.conv2dAfterDepthwise ? be.conv2dAfterDepthwise(this.pre, this.w, this.b, this.g, this.epi) : null;
@@ -109,10 +124,18 @@ class ConvPending implements PendingValues {
   }
 }
 
+const EMPTY: F32 = new Float32Array(0);
+
 /** CONVNETS_FUSE=0 turns the inference fusion off (for comparisons). */
 const fuseInference = typeof process === 'undefined' || process.env.CONVNETS_FUSE !== '0';
 /** CONVNETS_FUSE_SEPARABLE=0 keeps depthwise and pointwise convolutions apart in inference. */
 const fuseSeparable = fuseInference && (typeof process === 'undefined' || process.env.CONVNETS_FUSE_SEPARABLE !== '0');
+/** CONVNETS_FUSE_BLOCK=0 stores the expansion of MobileNetV2's blocks in inference. */
+const fuseBlock = fuseSeparable && (typeof process === 'undefined' || process.env.CONVNETS_FUSE_BLOCK !== '0');
+
+function isPointwise(g: ConvGeom): boolean {
+  return g.kh === 1 && g.kw === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 && g.pw === 0 && g.groups === 1;
+}
 
 function convPendingOf(t: Tensor): ConvPending | null {
   const p = t._pending;
@@ -187,9 +210,14 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
     // a pointwise convolution of a deferred depthwise convolution (+ batch norm + activation):
     // the separable block in one pass, the depthwise output never stored
     const xp = convPendingOf(x);
-    if (fuseSeparable && xp !== null && xp.pre === null && xp.epi !== null && xp.epi.res === null && xp.g.groups === xp.g.c && xp.g.o === xp.g.c && kh === 1 && kw === 1 && sh === 1 && sw === 1 && ph === 0 && pw === 0 && groups === 1 && be.conv2dAfterDepthwise) {
+    if (fuseSeparable && xp !== null && xp.pre === null && xp.epi !== null && xp.epi.res === null && xp.g.groups === xp.g.c && xp.g.o === xp.g.c && isPointwise(g) && be.conv2dAfterDepthwise) {
       const pre: DepthwiseStage = { x: xp.x, w: xp.w, b: xp.b, g: xp.g, epi: xp.epi };
-      return pendingTensor([n, o, oh, ow], new ConvPending(xp.x, weight.values, bias ? bias.values : null, g, null, pre), false);
+      return pendingTensor([n, o, oh, ow], new ConvPending(xp.x, weight.values, bias ? bias.values : null, g, null, pre, xp.src), false);
+    }
+    // a depthwise convolution of a deferred pointwise one + batch norm + activation (MobileNetV2's
+    // expansion): both deferred, for the block's projection to take in (conv2dBlock)
+    if (fuseBlock && xp !== null && xp.pre === null && xp.src === null && xp.epi !== null && xp.epi.res === null && xp.epi.act !== 0 && isPointwise(xp.g) && groups === c && o === c && be.conv2dBlock) {
+      return pendingTensor([n, o, oh, ow], new ConvPending(EMPTY, weight.values, bias ? bias.values : null, g, null, null, xp), false);
     }
   }
   if (!needs && tracer === null && fuseInference && currentArena() !== null && (x._arena === currentArena() || x._arena === null)) {
