@@ -87,7 +87,13 @@ struct cn_gemm {
    * each pack the same small B): depth block pc, panel q at bpre + pc * bpre_npan * NR + q * kc * NR */
   const float *bpre;
   long bpre_npan;
+  /* A packed once by the caller (cn_gemm_prepack_a) for calls over rows [0, M): depth block pc
+   * at apre + mrows * pc, mrows = M rounded up to MR (the layout of a task's packed-once A) */
+  const float *apre;
 };
+/* pack all of g's A for g->apre (mrows * K floats, mrows = M rounded up to the micro-tile) */
+size_t cn_gemm_apre_floats(const cn_gemm *g);
+void cn_gemm_prepack_a(const cn_gemm *g, float *dst);
 
 typedef struct {
   const char *name;
@@ -152,9 +158,10 @@ void cn_conv_direct(const float *x, const float *w, const float *b, float *y, co
 int cn_conv_direct_bw_applies(const cn_conv_geom *g);
 void cn_conv_direct_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 /* y = epi(pointwise conv (w, geometry g) of act(bn(depthwise conv of x (geometry gd, weights wd,
- * bias bd, batch norm md/sd/td, activation actd)))), the depthwise output computed while packing
- * (never stored). epi: as cn_conv2d_epi (epi->bias is the pointwise bias), or NULL. Returns 0
- * without computing anything when unsupported (AVX-512, stride-1 "same" depthwise, P % 16 == 0). */
+ * bias bd, batch norm md/sd/td, activation actd)))), the depthwise output never stored: 4x4
+ * planes computed while packing the GEMM's input (AVX-512, stride-1 "same" 3x3), input planes of
+ * 16x16 and more image by image in per-thread scratch (cn_block_infer). epi: as cn_conv2d_epi
+ * (epi->bias is the pointwise bias), or NULL. Returns 0 without computing anything otherwise. */
 int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, const float *bd, const float *md,
                    const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
                    const cn_epilogue *epi);
@@ -163,8 +170,9 @@ void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const
  * intermediates in per-thread scratch (never stored): y = e3(pointwise g3 (w3) of
  * e2(depthwise g2 (w2) of e1(pointwise g1 (w1) of x))). e1, e2: their convolution's bias (or
  * NULL) + batch norm + activation, no residual; e3: as cn_conv2d_epi (may have a residual), or
- * NULL (then no bias). The same floats as the three fused convolutions. Returns 0 without
- * computing anything where the shapes do not chain or the planes are smaller than 16x16. */
+ * NULL (then no bias). g1 NULL: no expansion (x is the depthwise input; MobileNet's separable
+ * pair). The same floats as the fused convolutions. Returns 0 without computing anything where
+ * the shapes do not chain or the depthwise input planes are smaller than 16x16. */
 int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, const cn_epilogue *e1,
                    const cn_conv_geom *g2, const float *w2, const cn_epilogue *e2, const cn_conv_geom *g3,
                    const float *w3, const cn_epilogue *e3, float *y);

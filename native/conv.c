@@ -383,11 +383,13 @@ typedef struct {
   const cn_conv_geom *g1, *g2, *g3;
   const cn_epilogue *e1, *e3;
   const cn_dw_prep *dw;
+  const float *a1, *a3; /* the packed weights */
 } block_job;
 
-/* y[n] (O x P2) = W (O x K) * B (K x P), B one image's pointwise input; epilogue e (or none) */
-static void pointwise_one(const float *b, long K, long P, const float *w, long O, float *y, const cn_epilogue *e,
-                          int tid) {
+/* y (O x P) = W (O x K) * B (K x P), B one image's pointwise input (NULL: only set up the GEMM,
+ * for packing W); W packed in apre (or NULL); epilogue e (or none) */
+static void pointwise_one(const float *b, long K, long P, const float *w, const float *apre, long O, float *y,
+                          const cn_epilogue *e, int tid, cn_gemm *out) {
   im2col_ctx s;
   im2col_init(&s, b, K, P, 1, 0, 1, 1, 1, 1, 0, 0, P, 1);
   cn_gemm G;
@@ -397,31 +399,53 @@ static void pointwise_one(const float *b, long K, long P, const float *w, long O
   G.seg_len = P;
   G.seg_stride = O * P;
   G.epi = e;
+  G.apre = apre;
+  if (out) {
+    *out = G;
+    return;
+  }
   cn_gemm_serial(&G, 0, O, 0, P, tid);
+}
+
+/* the weights of a pointwise stage packed once for all images (malloc'd) */
+static float *pack_weights(const float *w, long K, long P, long O) {
+  cn_gemm G;
+  pointwise_one(NULL, K, P, w, NULL, O, NULL, NULL, 0, &G);
+  float *a = (float *)malloc(sizeof(float) * cn_gemm_apre_floats(&G));
+  if (!a) abort();
+  cn_gemm_prepack_a(&G, a);
+  return a;
 }
 
 static void block_task(void *ctx, long n, int tid) {
   const block_job *J = (const block_job *)ctx;
   const cn_conv_geom *g1 = J->g1, *g2 = J->g2, *g3 = J->g3;
-  const long P1 = g1->oh * g1->ow, P2 = g2->oh * g2->ow;
-  float *E1 = cn_ws(tid, CN_WS_BLK1, (size_t)(g1->o * P1));
+  const long P1 = g2->h * g2->w, P2 = g2->oh * g2->ow;
   float *E2 = cn_ws(tid, CN_WS_BLK2, (size_t)(g2->o * P2));
-  if (!E1 || !E2) abort();
-  cn_epilogue e1 = *J->e1;
-  e1.row0 = 0;
-  e1.out_base = E1;
-  e1.res_base = NULL;
-  pointwise_one(J->x + n * g1->c * P1, g1->c, P1, J->w1, g1->o, E1, &e1, tid);
-  cn_dw_forward_one(J->dw, E1, E2, tid);
-  pointwise_one(E2, g3->c, P2, J->w3, g3->o, J->y + n * g3->o * P2, J->e3, tid);
+  if (!E2) abort();
+  const float *din = J->x + n * g2->c * P1; /* the depthwise input: x, or the expansion of x */
+  if (g1) {
+    float *E1 = cn_ws(tid, CN_WS_BLK1, (size_t)(g1->o * P1));
+    if (!E1) abort();
+    cn_epilogue e1 = *J->e1;
+    e1.row0 = 0;
+    e1.out_base = E1;
+    e1.res_base = NULL;
+    pointwise_one(J->x + n * g1->c * P1, g1->c, P1, J->w1, J->a1, g1->o, E1, &e1, tid, NULL);
+    din = E1;
+  }
+  cn_dw_forward_one(J->dw, din, E2, tid);
+  pointwise_one(E2, g3->c, P2, J->w3, J->a3, g3->o, J->y + n * g3->o * P2, J->e3, tid, NULL);
 }
 
 int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, const cn_epilogue *e1,
                    const cn_conv_geom *g2, const float *w2, const cn_epilogue *e2, const cn_conv_geom *g3,
                    const float *w3, const cn_epilogue *e3, float *y) {
-  if (!pointwise_geom(g1) || !pointwise_geom(g3) || g2->groups != g2->c || g2->o != g2->c || g2->c != g1->o ||
-      g3->c != g2->o || g1->n != g2->n || g2->n != g3->n || g2->h != g1->oh || g2->w != g1->ow || g3->h != g2->oh ||
-      g3->w != g2->ow || !e1 || !e2 || e1->res_base || e2->res_base || g1->h * g1->w < 256)
+  if (g1 && (!pointwise_geom(g1) || g2->c != g1->o || g1->n != g2->n || g2->h != g1->oh || g2->w != g1->ow || !e1 ||
+             e1->res_base))
+    return 0;
+  if (!pointwise_geom(g3) || g2->groups != g2->c || g2->o != g2->c || g3->c != g2->o || g2->n != g3->n ||
+      g3->h != g2->oh || g3->w != g2->ow || !e2 || e2->res_base || g2->h * g2->w < 256)
     return 0;
   cn_epilogue e3l;
   if (e3) {
@@ -430,9 +454,13 @@ int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, cons
     e3l.out_base = y;
   }
   cn_dw_prep *dw = cn_dw_prepare(g2, w2, e2);
-  block_job J = {x, w1, w3, y, g1, g2, g3, e1, e3 ? &e3l : NULL, dw};
-  cn_parallel(g1->n, block_task, &J);
+  float *a1 = g1 ? pack_weights(w1, g1->c, g1->oh * g1->ow, g1->o) : NULL;
+  float *a3 = pack_weights(w3, g3->c, g3->oh * g3->ow, g3->o);
+  block_job J = {x, w1, w3, y, g1, g2, g3, e1, e3 ? &e3l : NULL, dw, a1, a3};
+  cn_parallel(g2->n, block_task, &J);
   cn_dw_release(dw);
+  free(a1);
+  free(a3);
   return 1;
 }
 

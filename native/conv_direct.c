@@ -417,6 +417,10 @@ int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, cons
                    const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
                    const cn_epilogue *epi) {
   const long P = gd->oh * gd->ow;
+  if (gd->h * gd->w >= 256) { /* larger planes: image by image */
+    const cn_epilogue ed = {bd, md, sd, td, NULL, NULL, 0, actd};
+    return cn_block_infer(x, NULL, NULL, NULL, gd, wd, &ed, g, w, epi, y);
+  }
   if (cn_isa_id != 2 || cn_gk.nr != 32 || gd->groups != gd->c || gd->o != gd->c || gd->sh != 1 || gd->sw != 1 ||
       2 * gd->ph != gd->kh - 1 || 2 * gd->pw != gd->kw - 1 || gd->oh != gd->h || gd->ow != gd->w || P % 16 != 0 ||
       gd->kh != 3 || gd->kw != 3 || P != 16 || g->kh != 1 || g->kw != 1 || g->sh != 1 || g->sw != 1 || g->ph != 0 ||
@@ -519,7 +523,10 @@ int cn_conv_direct_bw_applies(const cn_conv_geom *g) {
 int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, const float *bd, const float *md,
                    const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
                    const cn_epilogue *epi) {
-  (void)x, (void)gd, (void)wd, (void)bd, (void)md, (void)sd, (void)td, (void)actd, (void)w, (void)y, (void)g, (void)epi;
+  if (gd->h * gd->w >= 256) {
+    const cn_epilogue ed = {bd, md, sd, td, NULL, NULL, 0, actd};
+    return cn_block_infer(x, NULL, NULL, NULL, gd, wd, &ed, g, w, epi, y);
+  }
   return 0;
 }
 void cn_conv_direct_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g) {

@@ -572,10 +572,12 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
   /* When several column blocks share a small A (conv weights, pointwise layers), pack the
    * task's whole A once instead of once per column block. */
   const long mrows = (m1 - m0 + MR - 1) / MR * MR;
-  const int a_once = (n1 - n0 > NC) && (mrows * K <= (1L << 18));
+  const int a_pre = g->apre != NULL && m0 == 0 && m1 == g->M;
+  const int a_once = !a_pre && (n1 - n0 > NC) && (mrows * K <= (1L << 18));
   float *bufB = cn_ws(tid, CN_WS_PACKB, (size_t)kcmax * (size_t)((ncmax + NR - 1) / NR * NR));
-  float *bufA = a_once ? cn_ws(tid, CN_WS_PACKA, (size_t)(mrows * K))
-                       : cn_ws(tid, CN_WS_PACKA, (size_t)kcmax * (size_t)((mcmax + MR - 1) / MR * MR));
+  float *bufA = a_pre    ? (float *)g->apre
+               : a_once ? cn_ws(tid, CN_WS_PACKA, (size_t)(mrows * K))
+                        : cn_ws(tid, CN_WS_PACKA, (size_t)kcmax * (size_t)((mcmax + MR - 1) / MR * MR));
   float *tmp = cn_ws(tid, CN_WS_TILE, (size_t)MR * NR);
   if (!bufA || !bufB || !tmp) abort();
   if (a_once)
@@ -594,7 +596,7 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
       for (long ic = m0; ic < m1; ic += MC) {
         const long mc = m1 - ic < MC ? m1 - ic : MC;
         const float *apack = bufA;
-        if (a_once)
+        if (a_once || a_pre)
           apack = bufA + mrows * pc + (ic - m0) * kc; /* panels of rows >= ic inside block pc */
         else
           g->pack_a(g, ic, mc, pc, kc, bufA, tid);
@@ -646,6 +648,17 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
       }
     }
   }
+}
+
+size_t cn_gemm_apre_floats(const cn_gemm *g) {
+  const long MR = cn_gk.mr;
+  return (size_t)((g->M + MR - 1) / MR * MR) * (size_t)(g->K > 0 ? g->K : 1);
+}
+
+void cn_gemm_prepack_a(const cn_gemm *g, float *dst) {
+  const long MR = cn_gk.mr, KC = cn_gk.kc;
+  const long mrows = (g->M + MR - 1) / MR * MR;
+  for (long pc = 0; pc < g->K; pc += KC) g->pack_a(g, 0, g->M, pc, g->K - pc < KC ? g->K - pc : KC, dst + mrows * pc, 0);
 }
 
 typedef struct {

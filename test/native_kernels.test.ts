@@ -283,7 +283,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     }
   });
 
-  test('pointwise convolution after a depthwise one, fused (inference) == the two fused kernels, bit for bit', () => {
+  test('pointwise convolution after a depthwise one, fused (inference: 4x4 in packing, 16x16+ image by image) == the two fused kernels, bit for bit', () => {
     for (const [n, c, o, act] of [[5, 24, 40, 2], [3, 16, 8, 1], [2, 8, 16, 0]] as const) {
       const gd = convGeom(n, c, 4, 4, c, 3, 3, 1, 1, 1, 1, c);
       const g = convGeom(n, c, 4, 4, o, 1, 1, 1, 1, 0, 0, 1);
@@ -305,6 +305,23 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       const plain = be.conv2dAfterDepthwise!(stage, w, null, g, null);
       assert.deepEqual(plain, be.conv2d(mid, w, null, g), `${n}x${c}->${o}: without epilogue`);
       close(fused!, ref.conv2dFused(ref.conv2dFused(x, wd, bd, gd, dwEpi), w, null, g, epi), FWD, 'vs reference');
+    }
+    // 16x16 and larger input planes: image by image (any ISA), stride 1 or 2
+    for (const [n, c, o, h, st, act] of [[3, 16, 24, 32, 1, 2], [2, 24, 16, 32, 2, 1], [2, 40, 24, 16, 1, 1], [2, 8, 12, 16, 2, 0]] as const) {
+      const gd = convGeom(n, c, h, h, c, 3, 3, st, st, 1, 1, c);
+      const g = convGeom(n, c, h / st, h / st, o, 1, 1, 1, 1, 0, 0, 1);
+      const x = randn(n * c * h * h, 1, 0.2);
+      const wd = randn(c * 9, 0.5);
+      const dwEpi = { mean: randn(c, 0.1), scale: randn(c, 0.5, 1), shift: randn(c, 0.1), res: null, act };
+      const w = randn(o * c, 0.3);
+      const epi = { mean: randn(o, 0.1), scale: randn(o, 0.5, 1), shift: randn(o, 0.1), res: randn(n * o * g.oh * g.ow), act: 2 as const };
+      const stage = { x, w: wd, b: null, g: gd, epi: dwEpi };
+      forEachIsa((isa) => {
+        const mid = be.conv2dFused(x, wd, null, gd, dwEpi);
+        const what = `${isa} ${n}x${c}->${o} ${h}x${h} s${st}`;
+        assert.deepEqual(be.conv2dAfterDepthwise!(stage, w, null, g, epi), be.conv2dFused(mid, w, null, g, epi), `${what}: with epilogue`);
+        assert.deepEqual(be.conv2dAfterDepthwise!(stage, w, null, g, null), be.conv2d(mid, w, null, g), `${what}: without epilogue`);
+      });
     }
     // other plane sizes: not fused (the caller computes the two layers)
     const gd = convGeom(2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 8);
@@ -340,11 +357,14 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       const e2 = epi(e, act);
       const noEpi3 = name.includes('no project');
       const e3 = noEpi3 ? null : epi(cout, withRes ? 1 : 0, withRes ? randn(n * cout * oh * oh) : null);
-      const mid = be.conv2dFused(be.conv2dFused(x, w1, b1, g1, e1), w2, b2, g2, e2);
-      const want = e3 ? be.conv2dFused(mid, w3, b3, g3, e3) : be.conv2d(mid, w3, b3, g3);
-      const got = be.conv2dBlock!({ x, w: w1, b: b1, g: g1, epi: e1 }, { x: new Float32Array(0), w: w2, b: b2, g: g2, epi: e2 }, w3, b3, g3, e3);
-      assert.ok(got !== null, `${name}: fused`);
-      assert.deepEqual(got, want, `${name}: bit-identical`);
+      let got: F32 | null = null;
+      forEachIsa((isa) => {
+        const mid = be.conv2dFused(be.conv2dFused(x, w1, b1, g1, e1), w2, b2, g2, e2);
+        const want = e3 ? be.conv2dFused(mid, w3, b3, g3, e3) : be.conv2d(mid, w3, b3, g3);
+        got = be.conv2dBlock!({ x, w: w1, b: b1, g: g1, epi: e1 }, { x: new Float32Array(0), w: w2, b: b2, g: g2, epi: e2 }, w3, b3, g3, e3);
+        assert.ok(got !== null, `${isa} ${name}: fused`);
+        assert.deepEqual(got, want, `${isa} ${name}: bit-identical`);
+      });
       const refMid = ref.conv2dFused(ref.conv2dFused(x, w1, b1, g1, e1), w2, b2, g2, e2);
       close(got!, e3 ? ref.conv2dFused(refMid, w3, b3, g3, e3) : ref.conv2d(refMid, w3, b3, g3), FWD, `${name}: vs reference`);
     }
