@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef struct {
@@ -29,7 +30,7 @@ typedef struct {
   void (*dot2_act)(const float *dy, const float *x, long n, float m, float k, float bt, int act, float *sdy,
                    float *sdyx);
   void (*bn_bw_apply_act)(const float *dy, const float *x, float *d, long hw, float m, float kb, float mdy, float q,
-                          float ka, float bt, int act);
+                          float ka, float bt, int act, int nt);
   void (*ew)(int op, const float *a, const float *b, float *y, long n, float s);
   void (*add_inplace)(float *acc, const float *a, long n);
   void (*adam)(float *p, const float *g, float *m, float *v, long n, float b1, float b2, float omb1, float omb2, float wd,
@@ -190,7 +191,26 @@ typedef struct {
   float *dw, *db;                 /* parameter gradients (backward) */
   long cpt;                       /* channels per task (per-channel backward) */
   int expanded;                   /* km/kk/kb hold c*hw per-element coefficients (small planes) */
+  int nt;                         /* backward: stream dx past the caches (larger than the LLC) */
 } bn_job;
+
+/* whether an output of this many bytes is larger than the last-level cache (then streamed:
+ * its consumer reads it from memory anyway, and non-temporal stores skip the read for ownership) */
+static int larger_than_llc(double bytes) {
+  static long llc = -1;
+  if (llc < 0) {
+    /* Linux's view of this CPU's L3 (sysconf reports the host's under some hypervisors) */
+    long v = -1;
+    FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+    if (f) {
+      char unit = 0;
+      if (fscanf(f, "%ld%c", &v, &unit) >= 1) v *= unit == 'K' ? 1024L : unit == 'M' ? 1048576L : 1L;
+      fclose(f);
+    }
+    llc = v > 0 ? v : 32L << 20;
+  }
+  return bytes > (double)llc;
+}
 
 
 static void bn_apply_task(void *ctx, long t, int tid) {
@@ -433,7 +453,7 @@ static void bn_bw_chan_task(void *ctx, long t, int tid) {
           const long off = (ni * c + ci) * hw, k = ci - b0;
           if (J->act)
             K.bn_bw_apply_act(J->dy + off, J->x + off, J->y + off, hw, J->mean[ci], kk[k], mdy[k], q[k], J->ka[ci],
-                              J->kt[ci], J->act);
+                              J->kt[ci], J->act, 0);
           else
             K.bn_bw_apply(J->dy + off, J->x + off, J->y + off, hw, J->mean[ci], kk[k], mdy[k], q[k]);
         }
@@ -462,7 +482,7 @@ static void bn_bw_chan_task(void *ctx, long t, int tid) {
         }
       }
       if (J->act)
-        K.bn_bw_apply_act(J->dy + off, J->x + off, J->y + off, hw, m, kk, mdy, q, J->ka[ci], J->kt[ci], J->act);
+        K.bn_bw_apply_act(J->dy + off, J->x + off, J->y + off, hw, m, kk, mdy, q, J->ka[ci], J->kt[ci], J->act, J->nt);
       else
         K.bn_bw_apply(J->dy + off, J->x + off, J->y + off, hw, m, kk, mdy, q);
     }
@@ -487,6 +507,7 @@ void cn_bn_backward_act(const float *dy, const float *x, const float *mean, cons
   J.c = c;
   J.hw = hw;
   J.act = act;
+  J.nt = larger_than_llc(4.0 * (double)n * (double)c * (double)hw);
   J.ka = ka;
   J.kt = kt;
   const long per_channel = 2L * n * hw * (long)sizeof(float);

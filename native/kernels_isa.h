@@ -260,8 +260,11 @@ static ISA_ATTR void FN(dot2_act)(const float *CN_RESTRICT dy, const float *CN_R
 }
 
 /* dx = kb * (g - mdy - (x - m) * q), g as in dot2_act (ka, bt: the forward's scale and shift) */
+/* nt: stream d past the caches (an output larger than the last-level cache, which the next
+ * kernel reads from memory anyway: no read-for-ownership of its lines) */
 static ISA_ATTR void FN(bn_bw_apply_act)(const float *CN_RESTRICT dy, const float *CN_RESTRICT x, float *CN_RESTRICT d,
-                                         long hw, float m, float kb, float mdy, float q, float ka, float bt, int act) {
+                                         long hw, float m, float kb, float mdy, float q, float ka, float bt, int act,
+                                         int nt) {
   long i = 0;
 #if defined(ISA_AVX) && LANES == 32
   {
@@ -279,6 +282,18 @@ static ISA_ATTR void FN(bn_bw_apply_act)(const float *CN_RESTRICT dy, const floa
     const __m512 g_ = _mm512_maskz_mov_ps(k_, gv);                                                                     \
     out = _mm512_mul_ps(vkb, _mm512_fnmadd_ps(e_, vq, _mm512_sub_ps(g_, vmdy)));                                       \
   } while (0)
+    if (nt && ((uintptr_t)d & 63) == 0) {
+      for (; i + 32 <= hw; i += 32) {
+        _mm_prefetch((const char *)(x + i + 256), _MM_HINT_T0);
+        _mm_prefetch((const char *)(dy + i + 256), _MM_HINT_T0);
+        __m512 r0, r1;
+        CN_BWA_VEC(_mm512_loadu_ps(x + i), _mm512_loadu_ps(dy + i), r0);
+        CN_BWA_VEC(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(dy + i + 16), r1);
+        _mm512_stream_ps(d + i, r0);
+        _mm512_stream_ps(d + i + 16, r1);
+      }
+      _mm_sfence(); /* the streamed stores ordered before the pool's completion signal */
+    }
     for (; i + 32 <= hw; i += 32) {
       _mm_prefetch((const char *)(x + i + 256), _MM_HINT_T0);
       _mm_prefetch((const char *)(dy + i + 256), _MM_HINT_T0);
@@ -298,6 +313,7 @@ static ISA_ATTR void FN(bn_bw_apply_act)(const float *CN_RESTRICT dy, const floa
     return;
   }
 #endif
+  (void)nt;
   if (act == 2) {
     for (; i < hw; i++) {
       const float dv = dy[i];
