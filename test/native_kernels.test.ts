@@ -694,5 +694,15 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     assert.throws(() => be.batchNormTrain(new Float32Array(3), null, null, 2, 2, 2, 1e-5), RangeError);
     const bad = { ...g, oh: 9 };
     assert.throws(() => be.conv2d(randn(2 * 3 * 25), randn(4 * 3 * 9), null, bad), RangeError);
+    // an input transform with too few channel coefficients
+    const gp = convGeom(2, 3, 5, 5, 4, 1, 1, 1, 1, 0, 0, 1);
+    assert.throws(() => be.conv2d(randn(2 * 3 * 25), randn(12), null, gp, { mean: randn(2), scale: randn(3), shift: randn(3), act: 1 }), /input transform mean has 2 elements, expected 3/);
+    // a block whose depthwise epilogue is too short, or whose shapes do not chain
+    const g1 = convGeom(1, 4, 16, 16, 8, 1, 1, 1, 1, 0, 0, 1);
+    const g2 = convGeom(1, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 8);
+    const g3 = convGeom(1, 8, 16, 16, 4, 1, 1, 1, 1, 0, 0, 1);
+    const e = (c: number) => ({ mean: randn(c), scale: randn(c), shift: randn(c), res: null, act: 2 as const });
+    assert.throws(() => be.conv2dBlock!({ x: randn(4 * 256), w: randn(32), b: null, g: g1, epi: e(8) }, { x: new Float32Array(0), w: randn(72), b: null, g: g2, epi: { ...e(8), mean: randn(7) } }, randn(32), null, g3, e(4)), RangeError);
+    assert.equal(be.conv2dBlock!({ x: randn(4 * 256), w: randn(32), b: null, g: g1, epi: e(8) }, { x: new Float32Array(0), w: randn(72), b: null, g: g2, epi: e(8) }, randn(40), null, { ...g3, c: 10 }, e(4)), null);
   });
 });

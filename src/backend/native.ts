@@ -95,6 +95,9 @@ function makeBackend(A: NativeAddon): Backend {
   const geomOf = (g: ConvGeom): Int32Array => new Int32Array([g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.groups, g.oh, g.ow]);
   // conv2dBlock's per-stage epilogue: [mean | scale | shift | bias?] (see blockInfer)
   const blockEpi = (e: ConvEpilogue, b: F32 | null, c: number): F32 => {
+    for (const [a, what] of [[e.mean, 'mean'], [e.scale, 'scale'], [e.shift, 'shift'], [b, 'bias']] as const) {
+      if (a && a.length < c) throw new RangeError(`convnets native: block epilogue ${what} has ${a.length} elements, expected ${c}`);
+    }
     const v = new Float32Array((b ? 4 : 3) * c);
     v.set(e.mean.subarray(0, c), 0);
     v.set(e.scale.subarray(0, c), c);
