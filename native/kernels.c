@@ -922,29 +922,39 @@ static void dw_bwd_in_task(void *ctx, long t, int tid) {
   }
 }
 
-void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g) {
+/* the input-gradient job (its plans in P / SP, released by dw_job_release) */
+static void dw_bwd_in_setup(dw_job *J, const float *dy, const float *w, float *dx, const cn_conv_geom *g,
+                            cn_dw_plan *P, cn_dw_sp_plan *SP) {
   ensure_k();
+  memset(J, 0, sizeof(*J));
+  J->x = dy;
+  J->w = w;
+  J->y = dx;
+  J->g = g;
+  J->mult = g->o / g->c;
+  J->total = g->n * g->c;
+  J->flip = (g->sh == 1 && g->sw == 1 && g->ph <= g->kh - 1 && g->pw <= g->kw - 1);
+  J->planes_per_task = planes_per_task(J->total, g->oh * g->ow * g->kh * g->kw * J->mult);
+  if (dw_sp_plan(SP, g, 1)) J->sp = SP;
+  J->s2 = !J->sp && dw_s2(g);
+  J->w16 = !J->sp && J->flip && K_isa == 2 && cn_dw_w16_applicable(g->ow, g->kh, g->kw, 1, 1, g->kw - 1 - g->pw, g->w);
+  if (!J->sp && J->flip && !J->w16 &&
+      dw_fast_plan(P, g->oh, g->ow, g->kh, g->kw, 1, 1, g->kh - 1 - g->ph, g->kw - 1 - g->pw, g->h, g->w))
+    J->plan = P;
+}
+
+static void dw_job_release(dw_job *J) {
+  if (J->plan) cn_dw_s1_release((cn_dw_plan *)J->plan);
+  if (J->sp) cn_dw_sp_release((cn_dw_sp_plan *)J->sp);
+}
+
+void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g) {
   dw_job J;
-  memset(&J, 0, sizeof(J));
-  J.x = dy;
-  J.w = w;
-  J.y = dx;
-  J.g = g;
-  J.mult = g->o / g->c;
-  J.total = g->n * g->c;
-  J.flip = (g->sh == 1 && g->sw == 1 && g->ph <= g->kh - 1 && g->pw <= g->kw - 1);
-  J.planes_per_task = planes_per_task(J.total, g->oh * g->ow * g->kh * g->kw * J.mult);
   cn_dw_plan P;
   cn_dw_sp_plan SP;
-  if (dw_sp_plan(&SP, g, 1)) J.sp = &SP;
-  J.s2 = !J.sp && dw_s2(g);
-  J.w16 = !J.sp && J.flip && K_isa == 2 && cn_dw_w16_applicable(g->ow, g->kh, g->kw, 1, 1, g->kw - 1 - g->pw, g->w);
-  if (!J.sp && J.flip && !J.w16 &&
-      dw_fast_plan(&P, g->oh, g->ow, g->kh, g->kw, 1, 1, g->kh - 1 - g->ph, g->kw - 1 - g->pw, g->h, g->w))
-    J.plan = &P;
+  dw_bwd_in_setup(&J, dy, w, dx, g, &P, &SP);
   cn_parallel((J.total + J.planes_per_task - 1) / J.planes_per_task, dw_bwd_in_task, &J);
-  if (J.plan) cn_dw_s1_release(&P);
-  if (J.sp) cn_dw_sp_release(&SP);
+  dw_job_release(&J);
 }
 
 /* Weight gradient: the batch is cut into a fixed number of chunks (deterministic whatever the
@@ -952,26 +962,42 @@ void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_c
  * in double; the chunks are then added in order. */
 #define DW_MAX_CHUNKS 16
 
+/* the weight gradient of the plane pair (image n, output channel oc) into acc: large planes
+ * (>= 256 outputs), one call per pair, in memory order */
+static void dw_wgrad_one(const dw_job *J, dw_run *R, long n, long oc, double *acc, int tid) {
+  const cn_conv_geom *g = J->g;
+  const long ohw = g->oh * g->ow, ic = oc / J->mult;
+  const float *dy = J->b + (n * g->o + oc) * ohw, *x = dw_in_run(J, R, n, ic, 1, g->c - ic, tid);
+  if (J->s2) {
+    cn_dw_s2_wgrad_avx512(dy, 0, x, 0, 1, g->h, g->w, acc);
+  } else if (J->w16) {
+    cn_dw_w16_wgrad_avx512(dy, 0, x, 0, 1, g->h, g->w, g->ph, g->oh, acc);
+  } else if (J->plan) {
+    cn_dw_s1_wgrad_avx512(dy, 0, x, 0, 1, J->plan, acc);
+  } else {
+    float *ph = cn_ws(tid, CN_WS_TMP, (size_t)dw_phase_floats(g->oh, g->ow, g->kh, g->kw, g->sh, g->sw));
+    float *dyp = cn_ws(tid, CN_WS_TMP2, (size_t)dw_row_floats(g->oh, g->ow, g->kh, g->kw, g->sw));
+    if (!ph || !dyp) abort();
+    K.dw_wgrad_planes(dy, 0, x, 0, 1, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, ph, dyp,
+                      acc);
+  }
+}
+
 static void dw_bwd_w_task(void *ctx, long ch, int tid) {
   const dw_job *J = (const dw_job *)ctx;
   const cn_conv_geom *g = J->g;
   const long khw = g->kh * g->kw;
-  float *ph = cn_ws(tid, CN_WS_TMP, (size_t)dw_phase_floats(g->oh, g->ow, g->kh, g->kw, g->sh, g->sw));
-  float *dyp = cn_ws(tid, CN_WS_TMP2, (size_t)dw_row_floats(g->oh, g->ow, g->kh, g->kw, g->sw));
-  if (!ph || !dyp) abort();
   double *acc = J->part + ch * g->o * khw;
   for (long q = 0; q < g->o * khw; q++) acc[q] = 0.0;
   const long n0 = ch * g->n / J->nchunks, n1 = (ch + 1) * g->n / J->nchunks;
   const long ohw = g->oh * g->ow, xs = dw_xs(J);
-  dw_run R = {0, 0, 0, NULL};
-  if (J->s2 && ohw >= 256) {
-    /* large planes: memory order, one plane pair per call */
+  if (ohw >= 256) {
+    dw_run R = {0, 0, 0, NULL};
     for (long n = n0; n < n1; n++)
-      for (long oc = 0; oc < g->o; oc++)
-        cn_dw_s2_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in_run(J, &R, n, oc / J->mult, 1, g->c - oc / J->mult, tid), 0, 1, g->h, g->w,
-                              acc + oc * khw);
+      for (long oc = 0; oc < g->o; oc++) dw_wgrad_one(J, &R, n, oc, acc + oc * khw, tid);
     return;
   }
+  /* small planes: per channel over the chunk's images, lanes reduced once */
   if (J->s2) {
     for (long oc = 0; oc < g->o; oc++)
       cn_dw_s2_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid),
@@ -984,13 +1010,6 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
                             xs, n1 - n0, J->sp, acc + oc * khw);
     return;
   }
-  if (J->w16 && ohw >= 256) {
-    for (long n = n0; n < n1; n++)
-      for (long oc = 0; oc < g->o; oc++)
-        cn_dw_w16_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in_run(J, &R, n, oc / J->mult, 1, g->c - oc / J->mult, tid), 0, 1, g->h,
-                               g->w, g->ph, g->oh, acc + oc * khw);
-    return;
-  }
   if (J->w16) {
     for (long oc = 0; oc < g->o; oc++)
       cn_dw_w16_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid),
@@ -998,27 +1017,14 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
     return;
   }
   if (J->plan) {
-    if (ohw >= 256) {
-      for (long n = n0; n < n1; n++)
-        for (long oc = 0; oc < g->o; oc++)
-          cn_dw_s1_wgrad_avx512(J->b + (n * g->o + oc) * ohw, 0, dw_in_run(J, &R, n, oc / J->mult, 1, g->c - oc / J->mult, tid), 0, 1, J->plan,
-                                acc + oc * khw);
-    } else {
-      for (long oc = 0; oc < g->o; oc++)
-        cn_dw_s1_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid),
-                              xs, n1 - n0, J->plan, acc + oc * khw);
-    }
+    for (long oc = 0; oc < g->o; oc++)
+      cn_dw_s1_wgrad_avx512(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid), xs,
+                            n1 - n0, J->plan, acc + oc * khw);
     return;
   }
-  if (ohw >= 256) {
-    /* large planes: memory order, one plane pair per call */
-    for (long n = n0; n < n1; n++)
-      for (long oc = 0; oc < g->o; oc++)
-        K.dw_wgrad_planes(J->b + (n * g->o + oc) * ohw, 0, dw_in_run(J, &R, n, oc / J->mult, 1, g->c - oc / J->mult, tid), 0, 1, g->h, g->w,
-                          g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, ph, dyp, acc + oc * khw);
-    return;
-  }
-  /* small planes: per channel over the chunk's images, lanes reduced once */
+  float *ph = cn_ws(tid, CN_WS_TMP, (size_t)dw_phase_floats(g->oh, g->ow, g->kh, g->kw, g->sh, g->sw));
+  float *dyp = cn_ws(tid, CN_WS_TMP2, (size_t)dw_row_floats(g->oh, g->ow, g->kh, g->kw, g->sw));
+  if (!ph || !dyp) abort();
   for (long oc = 0; oc < g->o; oc++)
     K.dw_wgrad_planes(J->b + (n0 * g->o + oc) * ohw, g->o * ohw, dw_in(J, n0, n1 - n0, oc / J->mult, tid), xs,
                       n1 - n0, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, ph, dyp,
@@ -1029,37 +1035,46 @@ void cn_dw_backward_weight(const float *dy, const float *x, float *dw, const cn_
   cn_dw_backward_weight_tf(dy, x, NULL, dw, g);
 }
 
-void cn_dw_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g) {
+/* the weight-gradient job: per-chunk partial sums in J->part (malloc'd), plans in P / SP */
+static void dw_bwd_w_setup(dw_job *J, const float *dy, const float *x, const cn_intf *tf, const cn_conv_geom *g,
+                           cn_dw_plan *P, cn_dw_sp_plan *SP) {
   ensure_k();
-  dw_job J;
-  memset(&J, 0, sizeof(J));
-  J.tf = tf;
-  J.x = x;
-  J.b = dy;
-  J.y = dw;
-  J.g = g;
-  J.mult = g->o / g->c;
-  J.nchunks = g->n < DW_MAX_CHUNKS ? g->n : DW_MAX_CHUNKS;
-  const long khw = g->kh * g->kw;
-  J.part = (double *)malloc(sizeof(double) * (size_t)(J.nchunks * g->o * khw));
-  if (!J.part) abort();
-  cn_dw_plan P;
-  cn_dw_sp_plan SP;
-  if (dw_sp_plan(&SP, g, 0)) J.sp = &SP;
-  J.s2 = !J.sp && dw_s2(g);
-  J.w16 = !J.sp && !J.s2 && K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
-  if (!J.sp && !J.s2 && !J.w16 &&
-      dw_fast_plan(&P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow))
-    J.plan = &P;
-  run_tasks(J.nchunks, dw_bwd_w_task, &J, 2 * g->n * g->o * g->oh * g->ow);
-  if (J.plan) cn_dw_s1_release(&P);
-  if (J.sp) cn_dw_sp_release(&SP);
-  for (long q = 0; q < g->o * khw; q++) {
+  memset(J, 0, sizeof(*J));
+  J->tf = tf;
+  J->x = x;
+  J->b = dy;
+  J->g = g;
+  J->mult = g->o / g->c;
+  J->nchunks = g->n < DW_MAX_CHUNKS ? g->n : DW_MAX_CHUNKS;
+  J->part = (double *)malloc(sizeof(double) * (size_t)(J->nchunks * g->o * g->kh * g->kw));
+  if (!J->part) abort();
+  if (dw_sp_plan(SP, g, 0)) J->sp = SP;
+  J->s2 = !J->sp && dw_s2(g);
+  J->w16 = !J->sp && !J->s2 && K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
+  if (!J->sp && !J->s2 && !J->w16 &&
+      dw_fast_plan(P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow))
+    J->plan = P;
+}
+
+/* dw = the chunks' partial sums added in order; frees them */
+static void dw_bwd_w_finish(dw_job *J, float *dw) {
+  const long count = J->g->o * J->g->kh * J->g->kw;
+  for (long q = 0; q < count; q++) {
     double s = 0.0;
-    for (long ch = 0; ch < J.nchunks; ch++) s += J.part[ch * g->o * khw + q];
+    for (long ch = 0; ch < J->nchunks; ch++) s += J->part[ch * count + q];
     dw[q] = (float)s;
   }
-  free(J.part);
+  free(J->part);
+  dw_job_release(J);
+}
+
+void cn_dw_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g) {
+  dw_job J;
+  cn_dw_plan P;
+  cn_dw_sp_plan SP;
+  dw_bwd_w_setup(&J, dy, x, tf, g, &P, &SP);
+  run_tasks(J.nchunks, dw_bwd_w_task, &J, 2 * g->n * g->o * g->oh * g->ow);
+  dw_bwd_w_finish(&J, dw);
 }
 
 /* Run fn(ctx, plane) for every plane, several planes per pool task (about 16K floats each). */
