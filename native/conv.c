@@ -438,6 +438,11 @@ static void block_task(void *ctx, long n, int tid) {
   pointwise_one(E2, g3->c, P2, J->w3, J->a3, g3->o, J->y + n * g3->o * P2, J->e3, tid, NULL);
 }
 
+int cn_block_planes(const cn_conv_geom *gd) {
+  const long P = gd->h * gd->w;
+  return P >= 256 || (P >= 64 && gd->sh == 1 && gd->sw == 1);
+}
+
 int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, const cn_epilogue *e1,
                    const cn_conv_geom *g2, const float *w2, const cn_epilogue *e2, const cn_conv_geom *g3,
                    const float *w3, const cn_epilogue *e3, float *y) {
@@ -445,7 +450,7 @@ int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, cons
              e1->res_base))
     return 0;
   if (!pointwise_geom(g3) || g2->groups != g2->c || g2->o != g2->c || g3->c != g2->o || g2->n != g3->n ||
-      g3->h != g2->oh || g3->w != g2->ow || !e2 || e2->res_base || g2->h * g2->w < 256)
+      g3->h != g2->oh || g3->w != g2->ow || !e2 || e2->res_base || !cn_block_planes(g2))
     return 0;
   cn_epilogue e3l;
   if (e3) {

@@ -417,7 +417,7 @@ int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, cons
                    const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
                    const cn_epilogue *epi) {
   const long P = gd->oh * gd->ow;
-  if (gd->h * gd->w >= 256) { /* larger planes: image by image */
+  if (cn_block_planes(gd)) { /* larger planes: image by image */
     const cn_epilogue ed = {bd, md, sd, td, NULL, NULL, 0, actd};
     return cn_block_infer(x, NULL, NULL, NULL, gd, wd, &ed, g, w, epi, y);
   }
@@ -523,7 +523,7 @@ int cn_conv_direct_bw_applies(const cn_conv_geom *g) {
 int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, const float *bd, const float *md,
                    const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
                    const cn_epilogue *epi) {
-  if (gd->h * gd->w >= 256) {
+  if (cn_block_planes(gd)) {
     const cn_epilogue ed = {bd, md, sd, td, NULL, NULL, 0, actd};
     return cn_block_infer(x, NULL, NULL, NULL, gd, wd, &ed, g, w, epi, y);
   }

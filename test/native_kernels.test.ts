@@ -283,7 +283,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     }
   });
 
-  test('pointwise convolution after a depthwise one, fused (inference: 4x4 in packing, 16x16+ image by image) == the two fused kernels, bit for bit', () => {
+  test('pointwise convolution after a depthwise one, fused (inference: 4x4 in packing, 8x8+ image by image) == the two fused kernels, bit for bit', () => {
     for (const [n, c, o, act] of [[5, 24, 40, 2], [3, 16, 8, 1], [2, 8, 16, 0]] as const) {
       const gd = convGeom(n, c, 4, 4, c, 3, 3, 1, 1, 1, 1, c);
       const g = convGeom(n, c, 4, 4, o, 1, 1, 1, 1, 0, 0, 1);
@@ -307,7 +307,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       close(fused!, ref.conv2dFused(ref.conv2dFused(x, wd, bd, gd, dwEpi), w, null, g, epi), FWD, 'vs reference');
     }
     // 16x16 and larger input planes: image by image (any ISA), stride 1 or 2
-    for (const [n, c, o, h, st, act] of [[3, 16, 24, 32, 1, 2], [2, 24, 16, 32, 2, 1], [2, 40, 24, 16, 1, 1], [2, 8, 12, 16, 2, 0]] as const) {
+    for (const [n, c, o, h, st, act] of [[3, 16, 24, 32, 1, 2], [2, 24, 16, 32, 2, 1], [2, 40, 24, 16, 1, 1], [2, 8, 12, 16, 2, 0], [3, 24, 40, 8, 1, 2]] as const) {
       const gd = convGeom(n, c, h, h, c, 3, 3, st, st, 1, 1, c);
       const g = convGeom(n, c, h / st, h / st, o, 1, 1, 1, 1, 0, 0, 1);
       const x = randn(n * c * h * h, 1, 0.2);
@@ -323,9 +323,9 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
         assert.deepEqual(be.conv2dAfterDepthwise!(stage, w, null, g, null), be.conv2d(mid, w, null, g), `${what}: without epilogue`);
       });
     }
-    // other plane sizes: not fused (the caller computes the two layers)
-    const gd = convGeom(2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 8);
-    const g = convGeom(2, 8, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1);
+    // other geometries (8x8 planes at stride 2): not fused (the caller computes the two layers)
+    const gd = convGeom(2, 8, 8, 8, 8, 3, 3, 2, 2, 1, 1, 8);
+    const g = convGeom(2, 8, 4, 4, 16, 1, 1, 1, 1, 0, 0, 1);
     const epi = { mean: randn(8), scale: randn(8), shift: randn(8), res: null, act: 0 as const };
     assert.equal(be.conv2dAfterDepthwise!({ x: randn(2 * 8 * 64), w: randn(72), b: null, g: gd, epi }, randn(128), null, g, null), null);
   });
@@ -339,6 +339,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       ['24 -> 144 -> 32, 32x32 stride 2', 2, 24, 144, 32, 32, 2, false, false],
       ['32 -> 40 -> 32, 16x16, residual, biases, ReLU', 3, 32, 40, 32, 16, 1, true, true],
       ['12 -> 20 -> 9, 16x16, no project epilogue', 2, 12, 20, 9, 16, 1, false, false],
+      ['16 -> 48 -> 16, 8x8, residual', 3, 16, 48, 16, 8, 1, true, false],
     ];
     for (const [name, n, cin, e, cout, h, s, withRes, withBias] of cases) {
       const oh = h / s;
@@ -368,10 +369,10 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       const refMid = ref.conv2dFused(ref.conv2dFused(x, w1, b1, g1, e1), w2, b2, g2, e2);
       close(got!, e3 ? ref.conv2dFused(refMid, w3, b3, g3, e3) : ref.conv2d(refMid, w3, b3, g3), FWD, `${name}: vs reference`);
     }
-    // planes smaller than 16x16: declined (nothing computed), the caller runs the three layers
+    // 8x8 planes at stride 2 (and smaller planes): declined (nothing computed), the caller runs the three layers
     const g1 = convGeom(2, 8, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1);
-    const g2 = convGeom(2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 16);
-    const g3 = convGeom(2, 16, 8, 8, 8, 1, 1, 1, 1, 0, 0, 1);
+    const g2 = convGeom(2, 16, 8, 8, 16, 3, 3, 2, 2, 1, 1, 16);
+    const g3 = convGeom(2, 16, 4, 4, 8, 1, 1, 1, 1, 0, 0, 1);
     assert.equal(be.conv2dBlock!({ x: randn(2 * 8 * 64), w: randn(128), b: null, g: g1, epi: epi(16, 2) }, { x: new Float32Array(0), w: randn(144), b: null, g: g2, epi: epi(16, 2) }, randn(128), null, g3, epi(8, 0)), null);
   });
 
