@@ -467,9 +467,8 @@ int cn_conv_direct_applies(const cn_conv_geom *g) {
   if (disabled || cn_isa_id != 2) return 0;
   const long P = g->oh * g->ow;
   /* (1x1 convolutions stay on the packed GEMM: measured faster for MobileNet's pointwise layers,
-   * whose few input channels leave too little work per loaded vector; so do the 3-channel stems:
-   * 3x3 3 -> 32 at 32x32, batch 128: 1.29 -> 1.06 ms forward with its epilogue) */
-  return g->groups == 1 && g->c >= 8 && g->sh == 1 && g->sw == 1 && 2 * g->ph == g->kh - 1 && 2 * g->pw == g->kw - 1 &&
+   * whose few input channels leave too little work per loaded vector) */
+  return g->groups == 1 && g->c > 1 && g->sh == 1 && g->sw == 1 && 2 * g->ph == g->kh - 1 && 2 * g->pw == g->kw - 1 &&
          g->oh == g->h && g->ow == g->w && P % 16 == 0 && g->kh * g->kw > 1 && g->kh * g->kw <= DC_MAX_TAPS;
 }
 

@@ -145,9 +145,8 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['1x1 4x4 planes, 300 -> 72 channels (B packed once, K > KC)', 12, 300, 4, 4, 72, 1, 1, 1, 1, 0, 0, 1, false],
     ['direct 3x3 32x32, channel blocks, 12 outputs', 1, 40, 32, 32, 12, 3, 3, 1, 1, 1, 1, 1, true],
     ['direct 3x3 16x16 with the direct weight gradient (planes > 8x8, outputs % 8 == 0)', 3, 24, 16, 16, 16, 3, 3, 1, 1, 1, 1, 1, false],
-    ['direct 5x5 s1 p2 8x8 (25 taps)', 3, 8, 8, 8, 10, 5, 5, 1, 1, 2, 2, 1, true],
-    ['direct 3x5 s1 p(1,2) 4x8 (rectangular kernel)', 2, 9, 4, 8, 9, 3, 5, 1, 1, 1, 2, 1, false],
-    ['3x3 stem, 3 input channels (packed GEMM)', 2, 3, 16, 16, 16, 3, 3, 1, 1, 1, 1, 1, false],
+    ['direct 5x5 s1 p2 8x8 (25 taps)', 3, 6, 8, 8, 10, 5, 5, 1, 1, 2, 2, 1, true],
+    ['direct 3x5 s1 p(1,2) 4x8 (rectangular kernel)', 2, 5, 4, 8, 9, 3, 5, 1, 1, 1, 2, 1, false],
   ];
 
   for (const [name, n, c, h, w, o, kh, kw, sh, sw, ph, pw, groups, bias] of convCases) {
