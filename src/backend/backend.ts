@@ -84,11 +84,14 @@ export interface InputTransform {
   act: Act;
 }
 
+/** A 1x1 convolution with stride 1, no padding, one group (a GEMM over the channels). */
+export function isPointwise(g: ConvGeom): boolean {
+  return g.groups === 1 && g.kh === 1 && g.kw === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 && g.pw === 0;
+}
+
 /** Geometries whose conv2d / conv2dBackwardWeight take an InputTransform: pointwise or depthwise. */
 export function inputTransformApplies(g: ConvGeom): boolean {
-  const pointwise = g.groups === 1 && g.kh === 1 && g.kw === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 && g.pw === 0;
-  const depthwise = g.groups === g.c && g.o % g.c === 0;
-  return pointwise || depthwise;
+  return isPointwise(g) || (g.groups === g.c && g.o % g.c === 0);
 }
 
 /** A pointwise convolution with its eval batch norm and activation (conv2dBlock's expansion). */

@@ -2,7 +2,7 @@
 // records how to compute its backward pass. This is the only place autograd rules live.
 import { getBackend } from '../backend/registry.js';
 import { allocOutput, currentArena } from '../backend/arena.js';
-import { ACT_RELU, ACT_RELU6, convOutSize, inputTransformApplies, type Act, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type InputTransform, type PoolGeom } from '../backend/backend.js';
+import { ACT_RELU, ACT_RELU6, convOutSize, inputTransformApplies, isPointwise, type Act, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type InputTransform, type PoolGeom } from '../backend/backend.js';
 import { Generator, defaultGenerator } from './random.js';
 import { Tensor, formatShape, isGradEnabled, noGrad, pendingTensor, type GradFn, type PendingValues } from './tensor.js';
 
@@ -132,10 +132,6 @@ const fuseInference = typeof process === 'undefined' || process.env.CONVNETS_FUS
 const fuseSeparable = fuseInference && (typeof process === 'undefined' || process.env.CONVNETS_FUSE_SEPARABLE !== '0');
 /** CONVNETS_FUSE_BLOCK=0 stores the expansion of MobileNetV2's blocks in inference. */
 const fuseBlock = fuseSeparable && (typeof process === 'undefined' || process.env.CONVNETS_FUSE_BLOCK !== '0');
-
-function isPointwise(g: ConvGeom): boolean {
-  return g.kh === 1 && g.kw === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 && g.pw === 0 && g.groups === 1;
-}
 
 function convPendingOf(t: Tensor): ConvPending | null {
   const p = t._pending;
