@@ -101,7 +101,7 @@ recording = false;
 
 const rows = [...stats.entries()].sort((a, b) => b[1].ms - a[1].ms);
 const kernelMs = rows.reduce((s, [, v]) => s + v.ms, 0);
-const per = (ms: number): string => (ms / steps).toFixed(1).padStart(8);
+const per = (ms: number): string => (ms / steps).toFixed(ms / steps < 1 ? 3 : 1).padStart(8);
 process.stdout.write(`${args.model} batch ${batch} ${args.infer ? 'inference' : 'training'} ${arena ? 'with' : 'without'} arena, ${cn.getBackend().name}, ${process.env.CONVNETS_THREADS} threads\n`);
 process.stdout.write(`step ${per(total)} ms = ${(batch / (total / steps / 1000)).toFixed(1)} img/s; kernels ${per(kernelMs)} ms; gc ${per(gcMs)} ms (${(gcCount / steps).toFixed(0)} collections/step); other ${per(total - kernelMs)} ms\n`);
 for (const [k, v] of rows.slice(0, Number(args.top))) process.stdout.write(`${per(v.ms)} ms ${String(v.calls / steps).padStart(4)}x  ${k}\n`);
