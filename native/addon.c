@@ -171,6 +171,17 @@ static int conv_geom(call_t *c, size_t i, cn_conv_geom *g) {
     fail(c, "convnets native: inconsistent conv geometry");
     return 0;
   }
+  /* the tensor sizes computed from it must not overflow (they size the buffer checks) */
+  const long limit = 1L << 40;
+  long a, b;
+  if (__builtin_mul_overflow(g->n, g->c, &a) || __builtin_mul_overflow(a, g->h, &a) ||
+      __builtin_mul_overflow(a, g->w, &a) || a > limit || __builtin_mul_overflow(g->n, g->o, &b) ||
+      __builtin_mul_overflow(b, g->oh, &b) || __builtin_mul_overflow(b, g->ow, &b) || b > limit ||
+      __builtin_mul_overflow(g->o, g->c / g->groups, &a) || __builtin_mul_overflow(a, g->kh, &a) ||
+      __builtin_mul_overflow(a, g->kw, &a) || a > limit) {
+    fail(c, "convnets native: conv geometry too large");
+    return 0;
+  }
   return 1;
 }
 

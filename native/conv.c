@@ -400,7 +400,9 @@ static void pointwise_one(const float *b, long K, long P, const float *w, const 
   G.seg_stride = O * P;
   G.epi = e;
   G.apre = apre;
-  if (out) {
+  if (out) { /* for packing W only: no B (s is local to this call) */
+    G.pack_b = NULL;
+    G.bctx = NULL;
     *out = G;
     return;
   }

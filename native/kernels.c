@@ -660,8 +660,11 @@ static void dw_fwd_task(void *ctx, long t, int tid) {
   if (!ph || !tmp) abort();
   const long khw = g->kh * g->kw;
   dw_run R = {0, 0, 0, NULL};
-/* input channels this task still reads of image n from plane pl on */
-#define DW_LIMIT (g->c - ic < (p1 - pl + J->mult - 1) / J->mult ? g->c - ic : (p1 - pl + J->mult - 1) / J->mult)
+/* input channels this task still reads of image n from plane pl on (ic up to the channel of its
+ * last plane, or of the image's last plane) */
+#define DW_LIMIT                                                                                                       \
+  (g->c - ic < ((pl % g->o) + (p1 - pl) - 1) / J->mult - ic + 1 ? g->c - ic                                           \
+                                                                 : ((pl % g->o) + (p1 - pl) - 1) / J->mult - ic + 1)
   const long p0 = t * J->planes_per_task;
   long p1 = p0 + J->planes_per_task;
   if (p1 > J->total) p1 = J->total;

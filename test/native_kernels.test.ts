@@ -6,6 +6,9 @@ import assert from 'node:assert/strict';
 import { convOutSize, type Backend, type ConvGeom, type F32, type PoolGeom } from '../src/backend/backend.js';
 import { referenceBackend as ref } from '../src/backend/reference.js';
 import { loadNativeBackend, nativeIsa, nativeThreads, setNativeIsa, setNativeThreads } from '../src/backend/native.js';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 const loaded = loadNativeBackend();
 const nb = loaded.backend;
@@ -705,5 +708,10 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     const e = (c: number) => ({ mean: randn(c), scale: randn(c), shift: randn(c), res: null, act: 2 as const });
     assert.throws(() => be.conv2dBlock!({ x: randn(4 * 256), w: randn(32), b: null, g: g1, epi: e(8) }, { x: new Float32Array(0), w: randn(72), b: null, g: g2, epi: { ...e(8), mean: randn(7) } }, randn(32), null, g3, e(4)), RangeError);
     assert.equal(be.conv2dBlock!({ x: randn(4 * 256), w: randn(32), b: null, g: g1, epi: e(8) }, { x: new Float32Array(0), w: randn(72), b: null, g: g2, epi: e(8) }, randn(40), null, { ...g3, c: 10 }, e(4)), null);
+    // a geometry whose tensor sizes overflow 64 bits (would wrap to small buffer checks): refused
+    // by the addon itself (the JS wrappers would fail earlier, allocating the output)
+    const addon = createRequire(import.meta.url)(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'convnets_native.node')) as { conv2d: (...a: unknown[]) => void };
+    const huge = new Int32Array([65536, 65536, 65536, 65536, 1, 1, 1, 1, 1, 0, 0, 1, 65536, 65536]);
+    assert.throws(() => addon.conv2d(new Float32Array(4), new Float32Array(65536), null, new Float32Array(4), huge), /conv geometry too large/);
   });
 });

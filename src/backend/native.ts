@@ -149,11 +149,17 @@ function makeBackend(A: NativeAddon): Backend {
     conv2dBlock(ex: PointwiseStage, dw: DepthwiseStage, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue | null): F32 | null {
       // bias rows only where there is a bias; no bias and no epilogue: plain project convolution
       if (!epi && b) return null;
+      const e1 = blockEpi(ex.epi, ex.b, ex.g.o);
+      const e2 = blockEpi(dw.epi, dw.b, dw.g.o);
+      const e3 = epi ? blockEpi(epi, b, g.o) : null;
       const y = out(g.n * g.o * g.oh * g.ow);
-      const ok = A.blockInfer(ex.x, y, geomOf(ex.g), ex.w, blockEpi(ex.epi, ex.b, ex.g.o), geomOf(dw.g), dw.w, blockEpi(dw.epi, dw.b, dw.g.o), geomOf(g), w, epi ? blockEpi(epi, b, g.o) : null, epi ? epi.res : null, new Int32Array([ex.epi.act, dw.epi.act, epi ? epi.act : 0]));
-      if (ok) return y;
-      releaseOutput(y);
-      return null;
+      let ok = false;
+      try {
+        ok = A.blockInfer(ex.x, y, geomOf(ex.g), ex.w, e1, geomOf(dw.g), dw.w, e2, geomOf(g), w, e3, epi ? epi.res : null, new Int32Array([ex.epi.act, dw.epi.act, epi ? epi.act : 0]));
+      } finally {
+        if (!ok) releaseOutput(y);
+      }
+      return ok ? y : null;
     },
     conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32 {
       const dx = out(g.n * g.c * g.h * g.w);
