@@ -25,6 +25,8 @@ typedef struct {
   void (*epi_rows)(float *y, const float *res, long ldc, long rows, long n, long ch0, const float *bias,
                    const float *mean, const float *scale, const float *shift, int act);
   void (*stats_planes)(const float *x, long hw, long count, long stride, double *cnt, double *mean, double *m2);
+  void (*stats_block)(const float *x, long hw, long np, long img_stride, long nch, double *cnt, double *mean,
+                      double *m2); /* NULL: per channel */
   void (*dot2_planes)(const float *dy, const float *x, long hw, long count, long stride, float m, float k, float bt,
                       int act, double *sdy, double *sdyx);
   void (*dot2_act)(const float *dy, const float *x, long n, float m, float k, float bt, int act, float *sdy,
@@ -263,6 +265,9 @@ static long apply_planes_per_task(long hw) {
 /* Planes smaller than this are walked a block of channels at a time (stats, backward). */
 #define BN_SMALL_PLANE 256
 #define BN_BLOCK 64
+#if defined(CN_X86)
+_Static_assert(BN_BLOCK <= CN_STATS_BLOCK_MAX, "stats_block holds a block's accumulators");
+#endif
 /* the per-channel kernels' grouping of planes (kernels_isa.h bn_group): block walks call them
  * one group at a time, which gives the same arithmetic */
 static long bn_group_planes(long hw) { return hw >= 1024 ? 1 : 1024 / (hw > 0 ? hw : 1); }
@@ -283,9 +288,12 @@ static void bn_stats_chan_task(void *ctx, long t, int tid) {
       double cnt[BN_BLOCK] = {0}, m[BN_BLOCK] = {0}, m2[BN_BLOCK] = {0};
       for (long p0 = 0; p0 < J->n; p0 += G) {
         const long np = J->n - p0 < G ? J->n - p0 : G;
-        for (long ci = b0; ci < b1; ci++)
-          K.stats_planes(J->x + (p0 * J->c + ci) * J->hw, J->hw, np, J->c * J->hw, &cnt[ci - b0], &m[ci - b0],
-                         &m2[ci - b0]);
+        if (K.stats_block) /* image by image over the block (same arithmetic) */
+          K.stats_block(J->x + (p0 * J->c + b0) * J->hw, J->hw, np, J->c * J->hw, b1 - b0, cnt, m, m2);
+        else
+          for (long ci = b0; ci < b1; ci++)
+            K.stats_planes(J->x + (p0 * J->c + ci) * J->hw, J->hw, np, J->c * J->hw, &cnt[ci - b0], &m[ci - b0],
+                           &m2[ci - b0]);
       }
       for (long ci = b0; ci < b1; ci++) {
         J->pa[ci] = m[ci - b0];

@@ -436,6 +436,64 @@ static ISA_ATTR void FN(stats_planes)(const float *x, long hw, long count, long 
   }
 }
 
+#if defined(ISA_AVX) && LANES == 32
+/* stats_planes of one group (np <= bn_group planes) for nch adjacent channels at once, walking
+ * the group image by image: a row of nch small planes is contiguous, where the per-channel walk
+ * reads one line per image and channel. Per channel exactly stats_planes' operations in the same
+ * order (two vector partial sums over the planes, then the squared deviations, then the merge). */
+#define CN_STATS_BLOCK_MAX 64
+static ISA_ATTR void FN(stats_block)(const float *x, long hw, long np, long img_stride, long nch, double *cnt,
+                                     double *mean, double *m2) {
+  __m512 a0[CN_STATS_BLOCK_MAX], a1[CN_STATS_BLOCK_MAX], vm[CN_STATS_BLOCK_MAX];
+  const double nb = (double)np * (double)hw;
+  for (long ch = 0; ch < nch; ch++) a0[ch] = a1[ch] = _mm512_setzero_ps();
+  for (long p = 0; p < np; p++) {
+    const float *row = x + p * img_stride;
+    if (p + 1 < np)
+      for (long b = 0; b < nch * hw * (long)sizeof(float); b += 64) _mm_prefetch((const char *)(row + img_stride) + b, _MM_HINT_T0);
+    for (long ch = 0; ch < nch; ch++) {
+      const float *q = row + ch * hw;
+      long i = 0;
+      for (; i + 32 <= hw; i += 32) {
+        a0[ch] = _mm512_add_ps(a0[ch], _mm512_loadu_ps(q + i));
+        a1[ch] = _mm512_add_ps(a1[ch], _mm512_loadu_ps(q + i + 16));
+      }
+      for (; i < hw; i += 16) a0[ch] = _mm512_add_ps(a0[ch], _mm512_maskz_loadu_ps(FN(tailmask)(hw - i), q + i));
+    }
+  }
+  float sm[CN_STATS_BLOCK_MAX];
+  for (long ch = 0; ch < nch; ch++) {
+    sm[ch] = (float)(FN(hsum512d)(_mm512_add_ps(a0[ch], a1[ch])) / nb);
+    vm[ch] = _mm512_set1_ps(sm[ch]);
+    a0[ch] = a1[ch] = _mm512_setzero_ps();
+  }
+  for (long p = 0; p < np; p++) {
+    const float *row = x + p * img_stride;
+    for (long ch = 0; ch < nch; ch++) {
+      const float *q = row + ch * hw;
+      long i = 0;
+      for (; i + 32 <= hw; i += 32) {
+        const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(q + i), vm[ch]), d1 = _mm512_sub_ps(_mm512_loadu_ps(q + i + 16), vm[ch]);
+        a0[ch] = _mm512_fmadd_ps(d0, d0, a0[ch]);
+        a1[ch] = _mm512_fmadd_ps(d1, d1, a1[ch]);
+      }
+      for (; i < hw; i += 16) {
+        const __mmask16 k = FN(tailmask)(hw - i);
+        const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, q + i), vm[ch]);
+        a0[ch] = _mm512_fmadd_ps(d, d, a0[ch]);
+      }
+    }
+  }
+  for (long ch = 0; ch < nch; ch++) {
+    const float sq = (float)FN(hsum512d)(_mm512_add_ps(a0[ch], a1[ch]));
+    const double tot = cnt[ch] + nb, delta = (double)sm[ch] - mean[ch];
+    mean[ch] += delta * nb / tot;
+    m2[ch] += (double)sq + delta * delta * cnt[ch] * nb / tot;
+    cnt[ch] = tot;
+  }
+}
+#endif
+
 /* sums over the planes of g and g * (x - m), g = dy or (act) dy masked as in dot2_act */
 static ISA_ATTR void FN(dot2_planes)(const float *dy, const float *x, long hw, long count, long stride, float m,
                                      float k, float bt, int act, double *sdy, double *sdyx) {
@@ -853,6 +911,11 @@ static void FN(fill_table)(cn_ktab *t) {
   t->bn_apply_act_v = FN(bn_apply_act_v);
   t->epi_rows = FN(epi_rows);
   t->stats_planes = FN(stats_planes);
+#if defined(ISA_AVX) && LANES == 32
+  t->stats_block = FN(stats_block);
+#else
+  t->stats_block = NULL;
+#endif
   t->dot2_planes = FN(dot2_planes);
   t->dot2_act = FN(dot2_act);
   t->bn_bw_apply_act = FN(bn_bw_apply_act);
