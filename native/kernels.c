@@ -27,6 +27,8 @@ typedef struct {
   void (*stats_planes)(const float *x, long hw, long count, long stride, double *cnt, double *mean, double *m2);
   void (*stats_block)(const float *x, long hw, long np, long img_stride, long nch, double *cnt, double *mean,
                       double *m2); /* NULL: per channel */
+  void (*dot2_block)(const float *dy, const float *x, long hw, long np, long img_stride, long nch, const float *m,
+                     const float *k, const float *bt, int act, double *sdy, double *sdyx); /* NULL: per channel */
   void (*dot2_planes)(const float *dy, const float *x, long hw, long count, long stride, float m, float k, float bt,
                       int act, double *sdy, double *sdyx);
   void (*dot2_act)(const float *dy, const float *x, long n, float m, float k, float bt, int act, float *sdy,
@@ -425,9 +427,14 @@ static void bn_bw_chan_task(void *ctx, long t, int tid) {
       float kk[BN_BLOCK], mdy[BN_BLOCK], q[BN_BLOCK];
       for (long p0 = 0; p0 < n; p0 += G) {
         const long np = n - p0 < G ? n - p0 : G;
-        for (long ci = b0; ci < b1; ci++)
-          K.dot2_planes(J->dy + (p0 * c + ci) * hw, J->x + (p0 * c + ci) * hw, hw, np, c * hw, J->mean[ci],
-                        J->act ? J->ka[ci] : 0.0f, J->act ? J->kt[ci] : 0.0f, J->act, &sdy[ci - b0], &sdyx[ci - b0]);
+        if (K.dot2_block) /* image by image over the block (same arithmetic) */
+          K.dot2_block(J->dy + (p0 * c + b0) * hw, J->x + (p0 * c + b0) * hw, hw, np, c * hw, b1 - b0, J->mean + b0,
+                       J->act ? J->ka + b0 : NULL, J->act ? J->kt + b0 : NULL, J->act, sdy, sdyx);
+        else
+          for (long ci = b0; ci < b1; ci++)
+            K.dot2_planes(J->dy + (p0 * c + ci) * hw, J->x + (p0 * c + ci) * hw, hw, np, c * hw, J->mean[ci],
+                          J->act ? J->ka[ci] : 0.0f, J->act ? J->kt[ci] : 0.0f, J->act, &sdy[ci - b0],
+                          &sdyx[ci - b0]);
       }
       for (long ci = b0; ci < b1; ci++) {
         const double is = J->invstd[ci];
