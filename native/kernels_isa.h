@@ -373,7 +373,77 @@ static ISA_ATTR inline double FN(hsum512d)(__m512 v) {
     for (int l = 0; l < w; l++) t[l] += t[l + w];
   return (double)t[0];
 }
+
+/* One plane's part of the batch-norm reductions, shared by the per-channel walks (stats_planes,
+ * dot2_planes) and the image-by-image block walks (stats_block, dot2_block) so that both do the
+ * same operations in the same order: 32 values at a time into two partial sums, a masked tail
+ * into the first. */
+#define CN_INLINE ISA_ATTR inline __attribute__((always_inline))
+/* the values, added to a0 / a1 */
+static CN_INLINE void FN(plane_sum)(const float *q, long hw, __m512 *a0, __m512 *a1) {
+  long i = 0;
+  for (; i + 32 <= hw; i += 32) {
+    *a0 = _mm512_add_ps(*a0, _mm512_loadu_ps(q + i));
+    *a1 = _mm512_add_ps(*a1, _mm512_loadu_ps(q + i + 16));
+  }
+  for (; i < hw; i += 16) *a0 = _mm512_add_ps(*a0, _mm512_maskz_loadu_ps(FN(tailmask)(hw - i), q + i));
+}
+/* the squared deviations from vm, added to a0 / a1 */
+static CN_INLINE void FN(plane_sqdev)(const float *q, long hw, __m512 vm, __m512 *a0, __m512 *a1) {
+  long i = 0;
+  for (; i + 32 <= hw; i += 32) {
+    const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(q + i), vm), d1 = _mm512_sub_ps(_mm512_loadu_ps(q + i + 16), vm);
+    *a0 = _mm512_fmadd_ps(d0, d0, *a0);
+    *a1 = _mm512_fmadd_ps(d1, d1, *a1);
+  }
+  for (; i < hw; i += 16) {
+    const __mmask16 k = FN(tailmask)(hw - i);
+    const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, q + i), vm);
+    *a0 = _mm512_fmadd_ps(d, d, *a0);
+  }
+}
+/* g and g * (x - m) (g = dy, or with act dy masked where 0 < (x - m) * k + bt (< 6)), added to
+ * a0 / a1 and b0 / b1 */
+static CN_INLINE void FN(plane_dot2)(const float *g, const float *q, long hw, __m512 vm, __m512 vk, __m512 vb, int act,
+                                     __m512 *a0, __m512 *a1, __m512 *b0, __m512 *b1) {
+  const __m512 z = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+#define CN_D2_VEC(xv, gv, A, B)                                                                                        \
+  do {                                                                                                                 \
+    const __m512 e_ = _mm512_sub_ps(xv, vm);                                                                           \
+    const __m512 g_ = gv;                                                                                              \
+    if (act) {                                                                                                         \
+      const __m512 v_ = _mm512_fmadd_ps(e_, vk, vb);                                                                   \
+      __mmask16 k_ = _mm512_cmp_ps_mask(v_, z, _CMP_GT_OQ);                                                            \
+      if (act == 2) k_ &= _mm512_cmp_ps_mask(v_, six, _CMP_LT_OQ);                                                     \
+      A = _mm512_mask_add_ps(A, k_, A, g_);                                                                            \
+      B = _mm512_mask3_fmadd_ps(g_, e_, B, k_);                                                                        \
+    } else {                                                                                                           \
+      A = _mm512_add_ps(A, g_);                                                                                        \
+      B = _mm512_fmadd_ps(g_, e_, B);                                                                                  \
+    }                                                                                                                  \
+  } while (0)
+  long i = 0;
+  for (; i + 32 <= hw; i += 32) {
+    CN_D2_VEC(_mm512_loadu_ps(q + i), _mm512_loadu_ps(g + i), *a0, *b0);
+    CN_D2_VEC(_mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(g + i + 16), *a1, *b1);
+  }
+  for (; i < hw; i += 16) {
+    const __mmask16 t = FN(tailmask)(hw - i);
+    /* masked-off lanes: x = m, dy = 0 (adds nothing) */
+    CN_D2_VEC(_mm512_mask_loadu_ps(vm, t, q + i), _mm512_maskz_loadu_ps(t, g + i), *a0, *b0);
+  }
+#undef CN_D2_VEC
+}
 #endif
+
+/* Chan's combination of a group's mean sm and squared deviations sq (nb values) into the running
+ * (count, mean, M2) */
+static inline void FN(chan_merge)(double *cnt, double *mean, double *m2, double nb, float sm, float sq) {
+  const double tot = *cnt + nb, delta = (double)sm - *mean;
+  *mean += delta * nb / tot;
+  *m2 += (double)sq + delta * delta * *cnt * nb / tot;
+  *cnt = tot;
+}
 
 /* running (count, mean, M2) of the values, Chan's combination of per-group mean and M2 */
 static ISA_ATTR void FN(stats_planes)(const float *x, long hw, long count, long stride, double *cnt, double *mean,
@@ -392,31 +462,13 @@ static ISA_ATTR void FN(stats_planes)(const float *x, long hw, long count, long 
           const char *nq = (const char *)(q + stride);
           for (long b = 0; b < hw * (long)sizeof(float); b += 64) _mm_prefetch(nq + b, _MM_HINT_T0);
         }
-        long i = 0;
-        for (; i + 32 <= hw; i += 32) {
-          a0 = _mm512_add_ps(a0, _mm512_loadu_ps(q + i));
-          a1 = _mm512_add_ps(a1, _mm512_loadu_ps(q + i + 16));
-        }
-        for (; i < hw; i += 16) a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(FN(tailmask)(hw - i), q + i));
+        FN(plane_sum)(q, hw, &a0, &a1);
       }
       sm = (float)(FN(hsum512d)(_mm512_add_ps(a0, a1)) / nb);
       const __m512 vm = _mm512_set1_ps(sm);
       a0 = _mm512_setzero_ps();
       a1 = a0;
-      for (long p = p0; p < p0 + np; p++) {
-        const float *q = x + p * stride;
-        long i = 0;
-        for (; i + 32 <= hw; i += 32) {
-          const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(q + i), vm), d1 = _mm512_sub_ps(_mm512_loadu_ps(q + i + 16), vm);
-          a0 = _mm512_fmadd_ps(d0, d0, a0);
-          a1 = _mm512_fmadd_ps(d1, d1, a1);
-        }
-        for (; i < hw; i += 16) {
-          const __mmask16 k = FN(tailmask)(hw - i);
-          const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, q + i), vm);
-          a0 = _mm512_fmadd_ps(d, d, a0);
-        }
-      }
+      for (long p = p0; p < p0 + np; p++) FN(plane_sqdev)(x + p * stride, hw, vm, &a0, &a1);
       sq = (float)FN(hsum512d)(_mm512_add_ps(a0, a1));
     }
 #else
@@ -429,10 +481,7 @@ static ISA_ATTR void FN(stats_planes)(const float *x, long hw, long count, long 
       sq = (float)d2;
     }
 #endif
-    const double tot = *cnt + nb, delta = (double)sm - *mean;
-    *mean += delta * nb / tot;
-    *m2 += (double)sq + delta * delta * *cnt * nb / tot;
-    *cnt = tot;
+    FN(chan_merge)(cnt, mean, m2, nb, sm, sq);
   }
 }
 
@@ -451,15 +500,7 @@ static ISA_ATTR void FN(stats_block)(const float *x, long hw, long np, long img_
     const float *row = x + p * img_stride;
     if (p + 1 < np)
       for (long b = 0; b < nch * hw * (long)sizeof(float); b += 64) _mm_prefetch((const char *)(row + img_stride) + b, _MM_HINT_T0);
-    for (long ch = 0; ch < nch; ch++) {
-      const float *q = row + ch * hw;
-      long i = 0;
-      for (; i + 32 <= hw; i += 32) {
-        a0[ch] = _mm512_add_ps(a0[ch], _mm512_loadu_ps(q + i));
-        a1[ch] = _mm512_add_ps(a1[ch], _mm512_loadu_ps(q + i + 16));
-      }
-      for (; i < hw; i += 16) a0[ch] = _mm512_add_ps(a0[ch], _mm512_maskz_loadu_ps(FN(tailmask)(hw - i), q + i));
-    }
+    for (long ch = 0; ch < nch; ch++) FN(plane_sum)(row + ch * hw, hw, &a0[ch], &a1[ch]);
   }
   float sm[CN_STATS_BLOCK_MAX];
   for (long ch = 0; ch < nch; ch++) {
@@ -469,28 +510,10 @@ static ISA_ATTR void FN(stats_block)(const float *x, long hw, long np, long img_
   }
   for (long p = 0; p < np; p++) {
     const float *row = x + p * img_stride;
-    for (long ch = 0; ch < nch; ch++) {
-      const float *q = row + ch * hw;
-      long i = 0;
-      for (; i + 32 <= hw; i += 32) {
-        const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(q + i), vm[ch]), d1 = _mm512_sub_ps(_mm512_loadu_ps(q + i + 16), vm[ch]);
-        a0[ch] = _mm512_fmadd_ps(d0, d0, a0[ch]);
-        a1[ch] = _mm512_fmadd_ps(d1, d1, a1[ch]);
-      }
-      for (; i < hw; i += 16) {
-        const __mmask16 k = FN(tailmask)(hw - i);
-        const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, q + i), vm[ch]);
-        a0[ch] = _mm512_fmadd_ps(d, d, a0[ch]);
-      }
-    }
+    for (long ch = 0; ch < nch; ch++) FN(plane_sqdev)(row + ch * hw, hw, vm[ch], &a0[ch], &a1[ch]);
   }
-  for (long ch = 0; ch < nch; ch++) {
-    const float sq = (float)FN(hsum512d)(_mm512_add_ps(a0[ch], a1[ch]));
-    const double tot = cnt[ch] + nb, delta = (double)sm[ch] - mean[ch];
-    mean[ch] += delta * nb / tot;
-    m2[ch] += (double)sq + delta * delta * cnt[ch] * nb / tot;
-    cnt[ch] = tot;
-  }
+  for (long ch = 0; ch < nch; ch++)
+    FN(chan_merge)(&cnt[ch], &mean[ch], &m2[ch], nb, sm[ch], (float)FN(hsum512d)(_mm512_add_ps(a0[ch], a1[ch])));
 }
 #endif
 
@@ -502,23 +525,7 @@ static ISA_ATTR void FN(dot2_planes)(const float *dy, const float *x, long hw, l
     const long np = count - p0 < G ? count - p0 : G;
 #if defined(ISA_AVX) && LANES == 32
     const __m512 vm = _mm512_set1_ps(m), vk = _mm512_set1_ps(k), vb = _mm512_set1_ps(bt);
-    const __m512 z = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
-    __m512 a0 = z, a1 = z, b0 = z, b1 = z;
-#define CN_D2_VEC(xv, gv, A, B)                                                                                        \
-  do {                                                                                                                 \
-    const __m512 e_ = _mm512_sub_ps(xv, vm);                                                                           \
-    const __m512 g_ = gv;                                                                                              \
-    if (act) {                                                                                                         \
-      const __m512 v_ = _mm512_fmadd_ps(e_, vk, vb);                                                                   \
-      __mmask16 k_ = _mm512_cmp_ps_mask(v_, z, _CMP_GT_OQ);                                                            \
-      if (act == 2) k_ &= _mm512_cmp_ps_mask(v_, six, _CMP_LT_OQ);                                                     \
-      A = _mm512_mask_add_ps(A, k_, A, g_);                                                                            \
-      B = _mm512_mask3_fmadd_ps(g_, e_, B, k_);                                                                        \
-    } else {                                                                                                           \
-      A = _mm512_add_ps(A, g_);                                                                                        \
-      B = _mm512_fmadd_ps(g_, e_, B);                                                                                  \
-    }                                                                                                                  \
-  } while (0)
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
     for (long p = p0; p < p0 + np; p++) {
       const float *q = x + p * stride, *g = dy + p * stride;
       if (p + 1 < count) {
@@ -530,18 +537,8 @@ static ISA_ATTR void FN(dot2_planes)(const float *dy, const float *x, long hw, l
           _mm_prefetch(ng + b, _MM_HINT_T0);
         }
       }
-      long i = 0;
-      for (; i + 32 <= hw; i += 32) {
-        CN_D2_VEC(_mm512_loadu_ps(q + i), _mm512_loadu_ps(g + i), a0, b0);
-        CN_D2_VEC(_mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(g + i + 16), a1, b1);
-      }
-      for (; i < hw; i += 16) {
-        const __mmask16 t = FN(tailmask)(hw - i);
-        /* masked-off lanes: x = m, dy = 0 (adds nothing) */
-        CN_D2_VEC(_mm512_mask_loadu_ps(vm, t, q + i), _mm512_maskz_loadu_ps(t, g + i), a0, b0);
-      }
+      FN(plane_dot2)(g, q, hw, vm, vk, vb, act, &a0, &a1, &b0, &b1);
     }
-#undef CN_D2_VEC
     *sdy += FN(hsum512d)(_mm512_add_ps(a0, a1));
     *sdyx += FN(hsum512d)(_mm512_add_ps(b0, b1));
 #else
@@ -565,23 +562,7 @@ static ISA_ATTR void FN(dot2_block)(const float *dy, const float *x, long hw, lo
                                     const float *m, const float *k, const float *bt, int act, double *sdy,
                                     double *sdyx) {
   __m512 a0[CN_STATS_BLOCK_MAX], a1[CN_STATS_BLOCK_MAX], b0[CN_STATS_BLOCK_MAX], b1[CN_STATS_BLOCK_MAX];
-  const __m512 z = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
-  for (long ch = 0; ch < nch; ch++) a0[ch] = a1[ch] = b0[ch] = b1[ch] = z;
-#define CN_D2B_VEC(xv, gv, A, B)                                                                                       \
-  do {                                                                                                                 \
-    const __m512 e_ = _mm512_sub_ps(xv, vm);                                                                           \
-    const __m512 g_ = gv;                                                                                              \
-    if (act) {                                                                                                         \
-      const __m512 v_ = _mm512_fmadd_ps(e_, vk, vb);                                                                   \
-      __mmask16 k_ = _mm512_cmp_ps_mask(v_, z, _CMP_GT_OQ);                                                            \
-      if (act == 2) k_ &= _mm512_cmp_ps_mask(v_, six, _CMP_LT_OQ);                                                     \
-      A = _mm512_mask_add_ps(A, k_, A, g_);                                                                            \
-      B = _mm512_mask3_fmadd_ps(g_, e_, B, k_);                                                                        \
-    } else {                                                                                                           \
-      A = _mm512_add_ps(A, g_);                                                                                        \
-      B = _mm512_fmadd_ps(g_, e_, B);                                                                                  \
-    }                                                                                                                  \
-  } while (0)
+  for (long ch = 0; ch < nch; ch++) a0[ch] = a1[ch] = b0[ch] = b1[ch] = _mm512_setzero_ps();
   for (long p = 0; p < np; p++) {
     const float *xr = x + p * img_stride, *gr = dy + p * img_stride;
     if (p + 1 < np)
@@ -593,18 +574,9 @@ static ISA_ATTR void FN(dot2_block)(const float *dy, const float *x, long hw, lo
       const float *q = xr + ch * hw, *g = gr + ch * hw;
       const __m512 vm = _mm512_set1_ps(m[ch]), vk = _mm512_set1_ps(act ? k[ch] : 0.0f),
                    vb = _mm512_set1_ps(act ? bt[ch] : 0.0f);
-      long i = 0;
-      for (; i + 32 <= hw; i += 32) {
-        CN_D2B_VEC(_mm512_loadu_ps(q + i), _mm512_loadu_ps(g + i), a0[ch], b0[ch]);
-        CN_D2B_VEC(_mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(g + i + 16), a1[ch], b1[ch]);
-      }
-      for (; i < hw; i += 16) {
-        const __mmask16 t = FN(tailmask)(hw - i);
-        CN_D2B_VEC(_mm512_mask_loadu_ps(vm, t, q + i), _mm512_maskz_loadu_ps(t, g + i), a0[ch], b0[ch]);
-      }
+      FN(plane_dot2)(g, q, hw, vm, vk, vb, act, &a0[ch], &a1[ch], &b0[ch], &b1[ch]);
     }
   }
-#undef CN_D2B_VEC
   for (long ch = 0; ch < nch; ch++) {
     sdy[ch] += FN(hsum512d)(_mm512_add_ps(a0[ch], a1[ch]));
     sdyx[ch] += FN(hsum512d)(_mm512_add_ps(b0[ch], b1[ch]));
