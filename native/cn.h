@@ -130,8 +130,9 @@ typedef struct {
   const float *mean, *scale, *shift;
   int act; /* 0 none, 1 ReLU, 2 ReLU6 */
 } cn_intf;
-/* whether convolutions of geometry g take an input transform (pointwise 1x1 stride 1 without
- * padding, or depthwise) */
+/* a 1x1 convolution, stride 1, no padding, one group: a GEMM over the channels (conv.c) */
+int cn_conv_pointwise(const cn_conv_geom *g);
+/* whether convolutions of geometry g take an input transform (pointwise, or depthwise) */
 int cn_intf_supported(const cn_conv_geom *g);
 /* dst row r (len floats at dst + r * dst_stride) = the transform of src row r, channel
  * ch0 + r * ch_step (kernels.c, ISA dispatched) */

@@ -310,6 +310,17 @@ static void bias_task(void *ctx, long t, int tid) {
   for (long i = 0; i < J->P; i++) p[i] += v;
 }
 
+/* G = W (M x K, rows K apart) * col(s) into y (rows P apart, images seg_stride apart): the
+ * convolution GEMM with im2col in its B packing */
+static void im2col_gemm_init(cn_gemm *G, const im2col_ctx *s, long M, long N, long K, const float *w, float *y, long P,
+                             long seg_stride) {
+  cn_gemm_init_strided(G, M, N, K, w, K, 1, NULL, 0, 0, y, P);
+  G->pack_b = pack_b_im2col;
+  G->bctx = s;
+  G->seg_len = P;
+  G->seg_stride = seg_stride;
+}
+
 static void conv2d_impl(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
                         const cn_conv_geom *g, const cn_epilogue *epi) {
   const long cg = g->c / g->groups, og = g->o / g->groups;
@@ -338,11 +349,7 @@ static void conv2d_impl(const float *x, const cn_intf *tf, const float *w, const
     im2col_init(&s, x, g->c, g->h, g->w, gr * cg, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow);
     s.tf = tf;
     cn_gemm G;
-    cn_gemm_init_strided(&G, og, g->n * P, Kg, w + gr * og * Kg, Kg, 1, NULL, 0, 0, y + gr * og * P, P);
-    G.pack_b = pack_b_im2col;
-    G.bctx = &s;
-    G.seg_len = P;
-    G.seg_stride = g->o * P;
+    im2col_gemm_init(&G, &s, og, g->n * P, Kg, w + gr * og * Kg, y + gr * og * P, P, g->o * P);
     cn_epilogue e;
     if (epi) {
       /* the bias goes into the epilogue (added before the normalisation, as the separate pass) */
@@ -373,7 +380,7 @@ void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom 
 
 /* ---- MobileNetV2's inverted residual block in inference ------------------------------------------- */
 
-static int pointwise_geom(const cn_conv_geom *g) {
+int cn_conv_pointwise(const cn_conv_geom *g) {
   return g->groups == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
 }
 
@@ -386,33 +393,23 @@ typedef struct {
   const float *a1, *a3; /* the packed weights */
 } block_job;
 
-/* y (O x P) = W (O x K) * B (K x P), B one image's pointwise input (NULL: only set up the GEMM,
- * for packing W); W packed in apre (or NULL); epilogue e (or none) */
+/* y (O x P) = W (O x K) * B (K x P), B one image's pointwise input; W packed in apre (or NULL);
+ * epilogue e (or none) */
 static void pointwise_one(const float *b, long K, long P, const float *w, const float *apre, long O, float *y,
-                          const cn_epilogue *e, int tid, cn_gemm *out) {
+                          const cn_epilogue *e, int tid) {
   im2col_ctx s;
   im2col_init(&s, b, K, P, 1, 0, 1, 1, 1, 1, 0, 0, P, 1);
   cn_gemm G;
-  cn_gemm_init_strided(&G, O, P, K, w, K, 1, NULL, 0, 0, y, P);
-  G.pack_b = pack_b_im2col;
-  G.bctx = &s;
-  G.seg_len = P;
-  G.seg_stride = O * P;
+  im2col_gemm_init(&G, &s, O, P, K, w, y, P, O * P);
   G.epi = e;
   G.apre = apre;
-  if (out) { /* for packing W only: no B (s is local to this call) */
-    G.pack_b = NULL;
-    G.bctx = NULL;
-    *out = G;
-    return;
-  }
   cn_gemm_serial(&G, 0, O, 0, P, tid);
 }
 
-/* the weights of a pointwise stage packed once for all images (malloc'd) */
-static float *pack_weights(const float *w, long K, long P, long O) {
+/* the weights (O x K) of a pointwise stage packed once for all images (malloc'd) */
+static float *pack_weights(const float *w, long K, long O) {
   cn_gemm G;
-  pointwise_one(NULL, K, P, w, NULL, O, NULL, NULL, 0, &G);
+  cn_gemm_init_strided(&G, O, 1, K, w, K, 1, NULL, 0, 0, NULL, 1); /* A only: the packing is N-independent */
   float *a = (float *)malloc(sizeof(float) * cn_gemm_apre_floats(&G));
   if (!a) abort();
   cn_gemm_prepack_a(&G, a);
@@ -433,11 +430,11 @@ static void block_task(void *ctx, long n, int tid) {
     e1.row0 = 0;
     e1.out_base = E1;
     e1.res_base = NULL;
-    pointwise_one(J->x + n * g1->c * P1, g1->c, P1, J->w1, J->a1, g1->o, E1, &e1, tid, NULL);
+    pointwise_one(J->x + n * g1->c * P1, g1->c, P1, J->w1, J->a1, g1->o, E1, &e1, tid);
     din = E1;
   }
   cn_dw_forward_one(J->dw, din, E2, tid);
-  pointwise_one(E2, g3->c, P2, J->w3, J->a3, g3->o, J->y + n * g3->o * P2, J->e3, tid, NULL);
+  pointwise_one(E2, g3->c, P2, J->w3, J->a3, g3->o, J->y + n * g3->o * P2, J->e3, tid);
 }
 
 int cn_block_planes(const cn_conv_geom *gd) {
@@ -448,10 +445,10 @@ int cn_block_planes(const cn_conv_geom *gd) {
 int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, const cn_epilogue *e1,
                    const cn_conv_geom *g2, const float *w2, const cn_epilogue *e2, const cn_conv_geom *g3,
                    const float *w3, const cn_epilogue *e3, float *y) {
-  if (g1 && (!pointwise_geom(g1) || g2->c != g1->o || g1->n != g2->n || g2->h != g1->oh || g2->w != g1->ow || !e1 ||
+  if (g1 && (!cn_conv_pointwise(g1) || g2->c != g1->o || g1->n != g2->n || g2->h != g1->oh || g2->w != g1->ow || !e1 ||
              e1->res_base))
     return 0;
-  if (!pointwise_geom(g3) || g2->groups != g2->c || g2->o != g2->c || g3->c != g2->o || g2->n != g3->n ||
+  if (!cn_conv_pointwise(g3) || g2->groups != g2->c || g2->o != g2->c || g3->c != g2->o || g2->n != g3->n ||
       g3->h != g2->oh || g3->w != g2->ow || !e2 || e2->res_base || !cn_block_planes(g2))
     return 0;
   cn_epilogue e3l;
@@ -461,8 +458,8 @@ int cn_block_infer(const float *x, const cn_conv_geom *g1, const float *w1, cons
     e3l.out_base = y;
   }
   cn_dw_prep *dw = cn_dw_prepare(g2, w2, e2);
-  float *a1 = g1 ? pack_weights(w1, g1->c, g1->oh * g1->ow, g1->o) : NULL;
-  float *a3 = pack_weights(w3, g3->c, g3->oh * g3->ow, g3->o);
+  float *a1 = g1 ? pack_weights(w1, g1->c, g1->o) : NULL;
+  float *a3 = pack_weights(w3, g3->c, g3->o);
   block_job J = {x, w1, w3, y, g1, g2, g3, e1, e3 ? &e3l : NULL, dw, a1, a3};
   cn_parallel(g2->n, block_task, &J);
   cn_dw_release(dw);

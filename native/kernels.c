@@ -130,10 +130,7 @@ void cn_intf_rows(const cn_intf *tf, const float *src, long src_stride, float *d
 }
 
 int cn_intf_supported(const cn_conv_geom *g) {
-  const int pointwise = g->groups == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 &&
-                        g->pw == 0;
-  const int depthwise = g->groups == g->c && g->o % g->c == 0;
-  return pointwise || depthwise;
+  return cn_conv_pointwise(g) || (g->groups == g->c && g->o % g->c == 0);
 }
 
 void cn_transpose_pack(const float *const *rows, int nrows, long len, float *dst, int stride) {
