@@ -213,7 +213,6 @@ static int larger_than_llc(double bytes) {
   return bytes > (double)llc;
 }
 
-
 static void bn_apply_task(void *ctx, long t, int tid) {
   (void)tid;
   const bn_job *J = (const bn_job *)ctx;
@@ -627,6 +626,23 @@ static int dw_fast_plan(cn_dw_plan *P, long H, long W, long kh, long kw, long sh
   return cn_dw_s1_prepare(P, H, W, kh, kw, ph, pw, oh, ow);
 }
 
+/* the plans of a job that walks output planes from input planes (forward, weight gradient): the
+ * AVX-512 small-plane, stride-2, 16-wide row or stride-1 path, whichever applies first (kept in
+ * P / SP, released by dw_job_release) */
+static void dw_fwd_plans(dw_job *J, const cn_conv_geom *g, cn_dw_plan *P, cn_dw_sp_plan *SP) {
+  if (dw_sp_plan(SP, g, 0)) J->sp = SP;
+  J->s2 = !J->sp && dw_s2(g);
+  J->w16 = !J->sp && !J->s2 && K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
+  if (!J->sp && !J->s2 && !J->w16 &&
+      dw_fast_plan(P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow))
+    J->plan = P;
+}
+
+static void dw_job_release(dw_job *J) {
+  if (J->plan) cn_dw_s1_release((cn_dw_plan *)J->plan);
+  if (J->sp) cn_dw_sp_release((cn_dw_sp_plan *)J->sp);
+}
+
 /* scratch sizes for a plane with output oh x ow */
 static long dw_phase_floats(long oh, long ow, long kh, long kw, long sh, long sw) {
   const long Hq = oh + (kh - 1) / sh, Wq = ow + (kw - 1) / sw;
@@ -780,15 +796,9 @@ static void cn_dw_forward_tfe(const float *x, const cn_intf *tf, const float *w,
   J.planes_per_task = planes_per_task(J.total, g->oh * g->ow * g->kh * g->kw);
   cn_dw_plan P;
   cn_dw_sp_plan SP;
-  if (dw_sp_plan(&SP, g, 0)) J.sp = &SP;
-  J.s2 = !J.sp && dw_s2(g);
-  J.w16 = !J.sp && !J.s2 && K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
-  if (!J.sp && !J.s2 && !J.w16 &&
-      dw_fast_plan(&P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow))
-    J.plan = &P;
+  dw_fwd_plans(&J, g, &P, &SP);
   cn_parallel((J.total + J.planes_per_task - 1) / J.planes_per_task, dw_fwd_task, &J);
-  if (J.plan) cn_dw_s1_release(&P);
-  if (J.sp) cn_dw_sp_release(&SP);
+  dw_job_release(&J);
 }
 
 struct cn_dw_prep {
@@ -818,12 +828,7 @@ cn_dw_prep *cn_dw_prepare(const cn_conv_geom *g, const float *w, const cn_epilog
   J->mult = g1->o / g1->c;
   J->total = g1->o;
   J->planes_per_task = J->total;
-  if (dw_sp_plan(&p->SP, g1, 0)) J->sp = &p->SP;
-  J->s2 = !J->sp && dw_s2(g1);
-  J->w16 = !J->sp && !J->s2 && K_isa == 2 && cn_dw_w16_applicable(g1->w, g1->kh, g1->kw, g1->sh, g1->sw, g1->pw, g1->ow);
-  if (!J->sp && !J->s2 && !J->w16 &&
-      dw_fast_plan(&p->P, g1->h, g1->w, g1->kh, g1->kw, g1->sh, g1->sw, g1->ph, g1->pw, g1->oh, g1->ow))
-    J->plan = &p->P;
+  dw_fwd_plans(J, g1, &p->P, &p->SP);
   return p;
 }
 
@@ -835,8 +840,7 @@ void cn_dw_forward_one(const cn_dw_prep *p, const float *x, float *y, int tid) {
 }
 
 void cn_dw_release(cn_dw_prep *p) {
-  if (p->J.plan) cn_dw_s1_release(&p->P);
-  if (p->J.sp) cn_dw_sp_release(&p->SP);
+  dw_job_release(&p->J);
   free(p);
 }
 
@@ -961,11 +965,6 @@ static void dw_bwd_in_setup(dw_job *J, const float *dy, const float *w, float *d
     J->plan = P;
 }
 
-static void dw_job_release(dw_job *J) {
-  if (J->plan) cn_dw_s1_release((cn_dw_plan *)J->plan);
-  if (J->sp) cn_dw_sp_release((cn_dw_sp_plan *)J->sp);
-}
-
 void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g) {
   dw_job J;
   cn_dw_plan P;
@@ -1066,12 +1065,7 @@ static void dw_bwd_w_setup(dw_job *J, const float *dy, const float *x, const cn_
   J->nchunks = g->n < DW_MAX_CHUNKS ? g->n : DW_MAX_CHUNKS;
   J->part = (double *)malloc(sizeof(double) * (size_t)(J->nchunks * g->o * g->kh * g->kw));
   if (!J->part) abort();
-  if (dw_sp_plan(SP, g, 0)) J->sp = SP;
-  J->s2 = !J->sp && dw_s2(g);
-  J->w16 = !J->sp && !J->s2 && K_isa == 2 && cn_dw_w16_applicable(g->w, g->kh, g->kw, g->sh, g->sw, g->pw, g->ow);
-  if (!J->sp && !J->s2 && !J->w16 &&
-      dw_fast_plan(P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow))
-    J->plan = P;
+  dw_fwd_plans(J, g, P, SP);
 }
 
 /* dw = the chunks' partial sums added in order; frees them */
