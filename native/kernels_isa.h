@@ -491,14 +491,14 @@ static ISA_ATTR void FN(stats_planes)(const float *x, long hw, long count, long 
  * reads one line per image and channel. Per channel exactly stats_planes' operations in the same
  * order (two vector partial sums over the planes, then the squared deviations, then the merge). */
 #define CN_STATS_BLOCK_MAX 64
-static ISA_ATTR void FN(stats_block)(const float *x, long hw, long np, long img_stride, long nch, double *cnt,
-                                     double *mean, double *m2) {
+static ISA_ATTR void FN(stats_block)(const float *x, long hw, long np, long img_stride, long nch, int more,
+                                     double *cnt, double *mean, double *m2) {
   __m512 a0[CN_STATS_BLOCK_MAX], a1[CN_STATS_BLOCK_MAX], vm[CN_STATS_BLOCK_MAX];
   const double nb = (double)np * (double)hw;
   for (long ch = 0; ch < nch; ch++) a0[ch] = a1[ch] = _mm512_setzero_ps();
   for (long p = 0; p < np; p++) {
     const float *row = x + p * img_stride;
-    if (p + 1 < np)
+    if (p + 1 < np || more) /* the next image's row (more: one follows the group) */
       for (long b = 0; b < nch * hw * (long)sizeof(float); b += 64) _mm_prefetch((const char *)(row + img_stride) + b, _MM_HINT_T0);
     for (long ch = 0; ch < nch; ch++) FN(plane_sum)(row + ch * hw, hw, &a0[ch], &a1[ch]);
   }
@@ -559,13 +559,13 @@ static ISA_ATTR void FN(dot2_planes)(const float *dy, const float *x, long hw, l
 /* dot2_planes of one group (np <= bn_group planes) for nch adjacent channels at once (m, k, bt:
  * theirs), image by image as stats_block, per channel the same operations in the same order */
 static ISA_ATTR void FN(dot2_block)(const float *dy, const float *x, long hw, long np, long img_stride, long nch,
-                                    const float *m, const float *k, const float *bt, int act, double *sdy,
+                                    int more, const float *m, const float *k, const float *bt, int act, double *sdy,
                                     double *sdyx) {
   __m512 a0[CN_STATS_BLOCK_MAX], a1[CN_STATS_BLOCK_MAX], b0[CN_STATS_BLOCK_MAX], b1[CN_STATS_BLOCK_MAX];
   for (long ch = 0; ch < nch; ch++) a0[ch] = a1[ch] = b0[ch] = b1[ch] = _mm512_setzero_ps();
   for (long p = 0; p < np; p++) {
     const float *xr = x + p * img_stride, *gr = dy + p * img_stride;
-    if (p + 1 < np)
+    if (p + 1 < np || more)
       for (long b = 0; b < nch * hw * (long)sizeof(float); b += 64) {
         _mm_prefetch((const char *)(xr + img_stride) + b, _MM_HINT_T0);
         _mm_prefetch((const char *)(gr + img_stride) + b, _MM_HINT_T0);

@@ -210,6 +210,9 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     [160, 48, 16, 0.5],
     // 2x2 planes: 70 channels = a block of 64 + 6, 300 images = 2 groups of 256 (vector backward)
     [300, 70, 4, -1],
+    // 32x32 and 48x48 planes: statistics walk blocks of channels image by image (32 KB rows)
+    [3, 10, 1024, 2],
+    [2, 9, 2304, -1],
   ];
   test('batch norm train / eval / backward', () => {
     for (const [n, c, hw, off] of bnCases) {
