@@ -13,11 +13,14 @@
 #include <string.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #endif
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 7
+#define CN_ADDON_VERSION 8
 #define MAXARGS 20
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -839,6 +842,28 @@ static napi_value js_byte_alignment(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* adviseHugePages(float32Array): asks the kernel to back the whole 2 MB pages inside the array's
+ * memory with transparent huge pages (where THP is in "madvise" mode, as on most
+ * distributions). Called by the arena on large buffers before their first touch: kernels that
+ * walk a tensor plane by plane (a 4 KB page each at 32x32) otherwise miss the TLB on every
+ * plane. Returns whether the advice was taken (false: not Linux, too small, or refused). */
+static napi_value js_advise_huge(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  const float *data = arr(&c, 0, napi_float32_array, 0, 0, "adviseHugePages: the buffer");
+  if (c.failed) return NULL;
+  int ok = 0;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = (uintptr_t)2 << 20;
+  const uintptr_t b = ((uintptr_t)data + huge - 1) & ~(huge - 1);
+  const uintptr_t e = ((uintptr_t)data + arr_len(&c, 0) * sizeof(float)) & ~(huge - 1);
+  if (data && e > b) ok = madvise((void *)b, e - b, MADV_HUGEPAGE) == 0;
+#endif
+  napi_value r;
+  napi_get_boolean(env, ok != 0, &r);
+  return r;
+}
+
 /* ---- allocator tuning ------------------------------------------------------------------------
  * Every kernel returns fresh tensors (tens of MB each at batch 128). By default glibc serves
  * such sizes with mmap and returns them with munmap, so every output pays page faults plus the
@@ -895,6 +920,7 @@ NAPI_MODULE_INIT() {
       {"getIsa", js_get_isa},
       {"setIsa", js_set_isa},
       {"byteAlignment", js_byte_alignment},
+      {"adviseHugePages", js_advise_huge},
   };
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
     napi_value f;

@@ -4,7 +4,7 @@
 // here, so a use that slipped past the checks would show up as a mismatch.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { arenaStats, beginArena, clearArenaPool, endArena, setArenaDebug, withArena } from '../src/backend/arena.js';
+import { allocOutput, arenaStats, beginArena, clearArenaPool, endArena, setArenaDebug, setHugePageAdvisor, withArena } from '../src/backend/arena.js';
 import { getBackend, listBackends, withBackend } from '../src/backend/registry.js';
 import * as models from '../src/models/index.js';
 import type { Module } from '../src/nn/module.js';
@@ -155,6 +155,29 @@ describe('step arena', () => {
       for (let i = 0; i < 3; i++) withArena(() => void F.relu(F.conv2d(input(4, 3 + i), w, null, { padding: 1 })).values);
       assert.deepEqual(kept!.values, copy);
     });
+  });
+
+  test('large new buffers (>= 4 MB) are offered to the huge-page advisor once, small and recycled ones are not', () => {
+    const seen: number[] = [];
+    const prev = setHugePageAdvisor((a) => {
+      assert.ok(a instanceof Float32Array);
+      seen.push(a.length);
+      return true;
+    });
+    try {
+      clearArenaPool();
+      withArena(() => {
+        allocOutput(1 << 20);
+        allocOutput((1 << 20) - 1);
+        allocOutput(5000);
+      });
+      // recycled from the pool: not advised again
+      withArena(() => void allocOutput(1 << 20));
+      assert.deepEqual(seen, [1 << 20]);
+    } finally {
+      setHugePageAdvisor(prev);
+      clearArenaPool();
+    }
   });
 
   test('gradients of leaves survive the arena; explicit begin/end; nested arenas join', () => {

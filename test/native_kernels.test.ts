@@ -7,6 +7,7 @@ import { convOutSize, type Backend, type ConvGeom, type F32, type PoolGeom } fro
 import { referenceBackend as ref } from '../src/backend/reference.js';
 import { loadNativeBackend, nativeIsa, nativeThreads, setNativeIsa, setNativeThreads } from '../src/backend/native.js';
 import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -716,5 +717,23 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     const addon = createRequire(import.meta.url)(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'convnets_native.node')) as { conv2d: (...a: unknown[]) => void };
     const huge = new Int32Array([65536, 65536, 65536, 65536, 1, 1, 1, 1, 1, 0, 0, 1, 65536, 65536]);
     assert.throws(() => addon.conv2d(new Float32Array(4), new Float32Array(65536), null, new Float32Array(4), huge), /conv geometry too large/);
+  });
+
+  test('huge-page advice: taken where Linux has transparent huge pages on "madvise" or "always", values intact', () => {
+    const addon = createRequire(import.meta.url)(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'convnets_native.node')) as { adviseHugePages: (a: unknown) => boolean };
+    assert.throws(() => addon.adviseHugePages([1, 2, 3]), /adviseHugePages: the buffer must be a Float32Array/);
+    const a = randn(3 << 20); // 12 MB: whole 2 MB pages inside it wherever it starts
+    const copy = a.slice();
+    const ok = addon.adviseHugePages(a);
+    assert.deepEqual(a, copy);
+    assert.equal(addon.adviseHugePages(new Float32Array(16)), false, 'no whole huge page inside 64 bytes');
+    let thp = '';
+    try {
+      thp = readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8');
+    } catch {
+      // not Linux, or no THP support: nothing to expect
+    }
+    if (/\[(madvise|always)\]/.test(thp)) assert.equal(ok, true);
+    if (process.platform !== 'linux') assert.equal(ok, false);
   });
 });

@@ -69,7 +69,27 @@ export function setAddressProbe(probe: ((a: F32) => number) | null): void {
   addressMod64 = probe;
 }
 
+/**
+ * Asks the operating system to back a buffer with huge pages, where a backend can (native on
+ * Linux: madvise). Kernels that walk a tensor plane by plane touch a new 4 KB page per plane
+ * at 32x32; with 2 MB pages those walks stop missing the TLB. Only large buffers, before their
+ * first touch. CONVNETS_HUGE_PAGES=0 turns it off.
+ */
+let adviseHuge: ((a: F32) => boolean) | null = null;
+const HUGE_MIN = 1 << 20; // floats (4 MB)
+export function setHugePageAdvisor(advise: ((a: F32) => boolean) | null): ((a: F32) => boolean) | null {
+  const prev = adviseHuge;
+  adviseHuge = process.env.CONVNETS_HUGE_PAGES === '0' ? null : advise;
+  return prev;
+}
+
 function fresh(n: number): F32 {
+  const a = freshUnadvised(n);
+  if (adviseHuge !== null && n >= HUGE_MIN) adviseHuge(a);
+  return a;
+}
+
+function freshUnadvised(n: number): F32 {
   if (n < UNINIT_MIN) return new Float32Array(n);
   // Uninitialised memory (Buffer.allocUnsafeSlow: not pooled by Node, so the Float32Array
   // owns its whole ArrayBuffer), starting on a 64-byte boundary where the backend can tell.

@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Act, AdamHyper, Backend, DepthwiseStage, PointwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, InputTransform, PoolGeom, SgdHyper } from './backend.js';
-import { allocOutput, releaseOutput, setAddressProbe } from './arena.js';
+import { allocOutput, releaseOutput, setAddressProbe, setHugePageAdvisor } from './arena.js';
 
 /** The functions exported by the compiled addon (native/addon.c). */
 interface NativeAddon {
@@ -43,9 +43,10 @@ interface NativeAddon {
   getIsa(): string;
   setIsa(name: string): boolean;
   byteAlignment(a: F32): number;
+  adviseHugePages(a: F32): boolean;
 }
 
-const ADDON_VERSION = 7;
+const ADDON_VERSION = 8;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -319,6 +320,7 @@ function tryLoad(): { backend: Backend | null; reason: string } {
     }
     addon = mod;
     setAddressProbe((a) => mod.byteAlignment(a));
+    setHugePageAdvisor((a) => mod.adviseHugePages(a));
     return { backend: makeBackend(mod), reason: `native CPU backend (${mod.getIsa()})` };
   } catch (e) {
     return { backend: null, reason: `the native addon could not be loaded: ${firstLine(e)}` };
