@@ -128,6 +128,11 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['single input channel (groups=1, c=1)', 2, 1, 8, 8, 5, 3, 3, 1, 1, 1, 1, 1, false],
     ['3x3 s1 p1 4x4, 16 channels (tiles across images)', 4, 16, 4, 4, 16, 3, 3, 1, 1, 1, 1, 1, true],
     ['1x1 8x8 planes, 40 -> 24 channels', 3, 40, 8, 8, 24, 1, 1, 1, 1, 0, 0, 1, false],
+    // the pointwise weight gradient as dot products (AVX-512, planes of 16x16 and up): 6x4 tiles
+    // with edge tiles in both directions, and positions that are not a multiple of 16
+    ['1x1 32x32 planes, 22 -> 38 channels (dot-product weight gradient)', 3, 22, 32, 32, 38, 1, 1, 1, 1, 0, 0, 1, false],
+    ['1x1 17x17 planes, 9 -> 13 channels (masked tail)', 2, 9, 17, 17, 13, 1, 1, 1, 1, 0, 0, 1, true],
+    ['1x1 16x16 planes, 12 -> 24 channels (whole tiles only)', 9, 12, 16, 16, 24, 1, 1, 1, 1, 0, 0, 1, false],
     ['1x1 2x2 planes (a tile spans 8 images)', 16, 40, 2, 2, 24, 1, 1, 1, 1, 0, 0, 1, true],
     ['3x3 s1 p1 2x4 planes (pieces of 8)', 8, 16, 2, 4, 16, 3, 3, 1, 1, 1, 1, 1, false],
     // small planes (<= 64 values: the AVX-512 register-permute path) and stride-2 planes
