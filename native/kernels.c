@@ -35,6 +35,8 @@ typedef struct {
                    float *sdyx);
   void (*bn_bw_apply_act)(const float *dy, const float *x, float *d, long hw, float m, float kb, float mdy, float q,
                           float ka, float bt, int act, int nt);
+  void (*bn_bw_apply_row)(const float *dy, const float *x, float *d, long hw, long nch, const float *m, const float *kb,
+                          const float *mdy, const float *q, const float *ka, const float *bt, int act);
   void (*ew)(int op, const float *a, const float *b, float *y, long n, float s);
   void (*add_inplace)(float *acc, const float *a, long n);
   void (*adam)(float *p, const float *g, float *m, float *v, long n, float b1, float b2, float omb1, float omb2, float wd,
@@ -474,15 +476,11 @@ static void bn_bw_chan_task(void *ctx, long t, int tid) {
         }
         continue;
       }
-      for (long ni = 0; ni < n; ni++)
-        for (long ci = b0; ci < b1; ci++) {
-          const long off = (ni * c + ci) * hw, k = ci - b0;
-          if (J->act)
-            K.bn_bw_apply_act(J->dy + off, J->x + off, J->y + off, hw, J->mean[ci], kk[k], mdy[k], q[k], J->ka[ci],
-                              J->kt[ci], J->act, 0);
-          else
-            K.bn_bw_apply(J->dy + off, J->x + off, J->y + off, hw, J->mean[ci], kk[k], mdy[k], q[k]);
-        }
+      for (long ni = 0; ni < n; ni++) {
+        const long off = (ni * c + b0) * hw;
+        K.bn_bw_apply_row(J->dy + off, J->x + off, J->y + off, hw, b1 - b0, J->mean + b0, kk, mdy, q,
+                          J->act ? J->ka + b0 : NULL, J->act ? J->kt + b0 : NULL, J->act);
+      }
     }
     return;
   }

@@ -331,6 +331,22 @@ static ISA_ATTR void FN(bn_bw_apply_act)(const float *CN_RESTRICT dy, const floa
   }
 }
 
+/* bn_bw_apply(_act) over a row of nch adjacent planes of one image (the small-plane block walk;
+ * coefficients per channel, ka and bt with act only), inlined: a call per 64-value plane cost
+ * more than its arithmetic */
+static ISA_ATTR __attribute__((flatten)) void FN(bn_bw_apply_row)(const float *dy, const float *x, float *d, long hw,
+                                                                  long nch, const float *m, const float *kb,
+                                                                  const float *mdy, const float *q, const float *ka,
+                                                                  const float *bt, int act) {
+  for (long ch = 0; ch < nch; ch++) {
+    const long o = ch * hw;
+    if (act)
+      FN(bn_bw_apply_act)(dy + o, x + o, d + o, hw, m[ch], kb[ch], mdy[ch], q[ch], ka[ch], bt[ch], act, 0);
+    else
+      FN(bn_bw_apply)(dy + o, x + o, d + o, hw, m[ch], kb[ch], mdy[ch], q[ch]);
+  }
+}
+
 #if defined(ISA_AVX) && LANES == 32
 /* bn_bw_apply_act (act 1 or 2) with per-element coefficients: small planes, a run of consecutive
  * planes of one image in one vector loop (same arithmetic as the per-plane AVX-512 kernel) */
@@ -947,6 +963,7 @@ static void FN(fill_table)(cn_ktab *t) {
   t->dot2_planes = FN(dot2_planes);
   t->dot2_act = FN(dot2_act);
   t->bn_bw_apply_act = FN(bn_bw_apply_act);
+  t->bn_bw_apply_row = FN(bn_bw_apply_row);
 #if defined(ISA_AVX) && LANES == 32
   t->bn_bw_apply_act_v = FN(bn_bw_apply_act_v);
 #else
