@@ -67,10 +67,14 @@ void cn_epi_rows(const cn_epilogue *e, float *y, long ldc, long rows, long len, 
  * dst[panel][k][MR] (rows past len zero), or columns [j0, j0+len) x depth of B into panels
  * dst[panel][k][NR]. */
 typedef void (*cn_pack_fn)(const cn_gemm *g, long i0, long len, long k0, long kc, float *dst, int tid);
+/* Where B's panel of columns [j, j+NR) x depth [k0, ...) can be read in place (row k0 + k at
+ * *base + k * *stride, NR contiguous floats), or 0 when it cannot (then it is packed). */
+typedef int (*cn_bdirect_fn)(const cn_gemm *g, long j, long k0, const float **base, long *stride);
 
 struct cn_gemm {
   long M, N, K;
   cn_pack_fn pack_a, pack_b;
+  cn_bdirect_fn b_direct; /* optional (set after cn_gemm_init*): B read in place for few rows */
   /* strided operands for the generic packers: A(i,k) = a[i*a_rs + k*a_cs], B(k,j) = b[k*b_rs + j*b_cs] */
   const float *a;
   long a_rs, a_cs;

@@ -294,6 +294,18 @@ static void pack_b_im2col(const cn_gemm *g, long j0, long len, long k0, long kc,
   (void)tid;
 }
 
+/* pack_b_im2col's panel read in place: a pointwise convolution's input without a transform,
+ * the panel inside one image */
+static int bdirect_pw(const cn_gemm *g, long j, long k0, const float **base, long *stride) {
+  const im2col_ctx *s = (const im2col_ctx *)g->bctx;
+  if (!s->pointwise || s->tf) return 0;
+  const long jj = j + s->j_off, n = jj / s->P, p = jj % s->P;
+  if (p + cn_gk.nr > s->P) return 0;
+  *base = s->x + (n * s->C + s->c0 + k0) * s->HW + p;
+  *stride = s->HW;
+  return 1;
+}
+
 /* ---- forward ---------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -542,6 +554,7 @@ void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const 
       cn_gemm G;
       cn_gemm_init_strided(&G, cg, g->n * P, og, w + gr * og * cg, 1, cg, NULL, 0, 0, dx + gr * cg * P, P);
       G.pack_b = pack_b_im2col;
+      G.b_direct = bdirect_pw;
       G.bctx = &s;
       G.seg_len = P;
       G.seg_stride = g->c * P;

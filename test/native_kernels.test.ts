@@ -133,6 +133,9 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['1x1 32x32 planes, 22 -> 38 channels (dot-product weight gradient)', 3, 22, 32, 32, 38, 1, 1, 1, 1, 0, 0, 1, false],
     ['1x1 17x17 planes, 9 -> 13 channels (masked tail)', 2, 9, 17, 17, 13, 1, 1, 1, 1, 0, 0, 1, true],
     ['1x1 16x16 planes, 12 -> 24 channels (whole tiles only)', 9, 12, 16, 16, 24, 1, 1, 1, 1, 0, 0, 1, false],
+    // input gradients with few input channels read the output gradient in place (gemm.c
+    // bdirect): a partial row tile (22 = 8 + 8 + 6), 8x8 planes (a panel per 32 values)
+    ['1x1 8x8 planes, 22 -> 40 channels (input gradient reads dy in place)', 5, 22, 8, 8, 40, 1, 1, 1, 1, 0, 0, 1, false],
     ['1x1 2x2 planes (a tile spans 8 images)', 16, 40, 2, 2, 24, 1, 1, 1, 1, 0, 0, 1, true],
     ['3x3 s1 p1 2x4 planes (pieces of 8)', 8, 16, 2, 4, 16, 3, 3, 1, 1, 1, 1, 1, false],
     // small planes (<= 64 values: the AVX-512 register-permute path) and stride-2 planes
