@@ -68,8 +68,11 @@ void cn_epi_rows(const cn_epilogue *e, float *y, long ldc, long rows, long len, 
  * dst[panel][k][NR]. */
 typedef void (*cn_pack_fn)(const cn_gemm *g, long i0, long len, long k0, long kc, float *dst, int tid);
 /* Where B's panel of columns [j, j+NR) x depth [k0, ...) can be read in place (row k0 + k at
- * *base + k * *stride, NR contiguous floats), or 0 when it cannot (then it is packed). */
-typedef int (*cn_bdirect_fn)(const cn_gemm *g, long j, long k0, const float **base, long *stride);
+ * *base + k * *stride, NR contiguous floats), or 0 when it cannot (then it is packed). *tf: an
+ * input transform to apply to the values read (row k is channel *ch0 + k), or NULL. */
+typedef struct cn_intf cn_intf;
+typedef int (*cn_bdirect_fn)(const cn_gemm *g, long j, long k0, const float **base, long *stride, const cn_intf **tf,
+                             long *ch0);
 
 struct cn_gemm {
   long M, N, K;
@@ -130,10 +133,10 @@ typedef struct {
 /* An input transform (training fusion): the convolution reads act((x - mean[c]) * scale[c] +
  * shift[c]) instead of x, per input channel c — the batch norm + activation before it, never
  * stored — with exactly batch-norm apply's arithmetic (so the same floats as materialising it). */
-typedef struct {
+struct cn_intf {
   const float *mean, *scale, *shift;
   int act; /* 0 none, 1 ReLU, 2 ReLU6 */
-} cn_intf;
+};
 /* a 1x1 convolution, stride 1, no padding, one group: a GEMM over the channels (conv.c) */
 int cn_conv_pointwise(const cn_conv_geom *g);
 /* whether convolutions of geometry g take an input transform (pointwise, or depthwise) */

@@ -294,11 +294,14 @@ static void pack_b_im2col(const cn_gemm *g, long j0, long len, long k0, long kc,
   (void)tid;
 }
 
-/* pack_b_im2col's panel read in place: a pointwise convolution's input without a transform,
- * the panel inside one image */
-static int bdirect_pw(const cn_gemm *g, long j, long k0, const float **base, long *stride) {
+/* pack_b_im2col's panel read in place: a pointwise convolution's input (and its transform), the
+ * panel inside one image */
+static int bdirect_pw(const cn_gemm *g, long j, long k0, const float **base, long *stride, const cn_intf **tf,
+                      long *ch0) {
   const im2col_ctx *s = (const im2col_ctx *)g->bctx;
-  if (!s->pointwise || s->tf) return 0;
+  if (!s->pointwise) return 0;
+  *tf = s->tf;
+  *ch0 = s->c0 + k0;
   const long jj = j + s->j_off, n = jj / s->P, p = jj % s->P;
   if (p + cn_gk.nr > s->P) return 0;
   *base = s->x + (n * s->C + s->c0 + k0) * s->HW + p;
@@ -328,6 +331,7 @@ static void im2col_gemm_init(cn_gemm *G, const im2col_ctx *s, long M, long N, lo
                              long seg_stride) {
   cn_gemm_init_strided(G, M, N, K, w, K, 1, NULL, 0, 0, y, P);
   G->pack_b = pack_b_im2col;
+  if (s->pointwise) G->b_direct = bdirect_pw;
   G->bctx = s;
   G->seg_len = P;
   G->seg_stride = seg_stride;

@@ -126,6 +126,15 @@ AVX512_ATTR static void ukr_avx512_8x32(long kc, const float *CN_RESTRICT a, con
   UKR512_STORE;
 }
 
+/* the next panel's rows 8 to 11 ahead of row b (panels 32 floats wide, rows bs apart) */
+AVX512_ATTR static inline void bdirect_prefetch(const float *b, long bs) {
+  const char *q = (const char *)(b + 8 * bs + 32);
+  for (int r = 0; r < 4; r++, q += 4 * bs) {
+    _mm_prefetch(q, _MM_HINT_T0);
+    _mm_prefetch(q + 64, _MM_HINT_T0);
+  }
+}
+
 /* The 8 x 32 kernel reading B in place: row k of the panel at b + k * bs (32 contiguous floats),
  * for GEMMs with few rows of A, where packing B costs as much as the arithmetic on it. pf: also
  * prefetch the next panel's rows (b + 32) a few steps ahead. Same arithmetic as ukr_avx512_8x32. */
@@ -136,17 +145,7 @@ AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_bdirect(long k
 #define STEPD(off) STEP512_B(_mm512_loadu_ps(b + (off)*bs), _mm512_loadu_ps(b + (off)*bs + 16), a + (off)*8)
   long k = 0;
   for (; k + 4 <= kc; k += 4) {
-    if (pf) {
-      const char *q = (const char *)(b + 8 * bs + 32);
-      _mm_prefetch(q, _MM_HINT_T0);
-      _mm_prefetch(q + 64, _MM_HINT_T0);
-      _mm_prefetch(q + 4 * bs, _MM_HINT_T0);
-      _mm_prefetch(q + 4 * bs + 64, _MM_HINT_T0);
-      _mm_prefetch(q + 8 * bs, _MM_HINT_T0);
-      _mm_prefetch(q + 8 * bs + 64, _MM_HINT_T0);
-      _mm_prefetch(q + 12 * bs, _MM_HINT_T0);
-      _mm_prefetch(q + 12 * bs + 64, _MM_HINT_T0);
-    }
+    if (pf) bdirect_prefetch(b, bs);
     STEPD(0);
     STEPD(1);
     STEPD(2);
@@ -160,6 +159,29 @@ AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_bdirect(long k
     b += bs;
   }
 #undef STEPD
+  UKR512_STORE;
+}
+
+/* ukr_avx512_8x32_bdirect with an input transform (training fusion): row k's values are
+ * transformed (cn512_tf, channel ch0 + k) as read, and stored as the packed panel bp (k * 32) for
+ * the other row tiles: the panel's packing done by the first tile, its loads overlapping the
+ * arithmetic. Same values as pack_b_im2col's transform, same arithmetic as ukr_avx512_8x32. */
+AVX512_ATTR __attribute__((noinline)) static void ukr_avx512_8x32_bdirect_tf(long kc, const float *CN_RESTRICT a,
+                                                                             const float *CN_RESTRICT b, long bs,
+                                                                             const cn_intf *tf, long ch0,
+                                                                             float *CN_RESTRICT bp, float *c, long ldc,
+                                                                             int overwrite) {
+  UKR512_ACC_ZERO;
+  const float *tm = tf->mean + ch0, *ts = tf->scale + ch0, *tb = tf->shift + ch0;
+  const int act = tf->act;
+  for (long k = 0; k < kc; k++, a += 8, b += bs, bp += 32) {
+    if ((k & 3) == 0) bdirect_prefetch(b, bs);
+    const __m512 m = _mm512_set1_ps(tm[k]), sc = _mm512_set1_ps(ts[k]), sh = _mm512_set1_ps(tb[k]);
+    const __m512 v0 = cn512_tf(_mm512_loadu_ps(b), m, sc, sh, act), v1 = cn512_tf(_mm512_loadu_ps(b + 16), m, sc, sh, act);
+    _mm512_store_ps(bp, v0);
+    _mm512_store_ps(bp + 16, v1);
+    STEP512_B(v0, v1, a);
+  }
   UKR512_STORE;
 }
 
@@ -672,16 +694,35 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
       g->cs == 1 && g->seg_len % NR == 0) {
     /* few rows: packing B would cost as much as the arithmetic on it. Panel by panel, every row
      * tile reads the panel in place (the first one from memory, prefetching the next panel; the
-     * others from the L1); panels B cannot give in place are packed. */
+     * others from the L1), or with an input transform the first tile transforms and packs it
+     * for the others; panels B cannot give in place are packed. */
     if (!a_once && !a_pre) g->pack_a(g, m0, m1 - m0, 0, K, bufA, tid);
     const long tiles = mrows / MR;
     const int overwrite = !g->accumulate;
     for (long j = n0; j < n1; j += NR) {
       const int nr = (int)(n1 - j < NR ? n1 - j : NR);
       const float *base;
-      long bs;
+      long bs, ch0;
+      const cn_intf *tf;
       const long seg = j / g->seg_len, off = j % g->seg_len;
-      if (nr == NR && off + NR <= g->seg_len && g->b_direct(g, j, 0, &base, &bs)) {
+      const int direct = nr == NR && off + NR <= g->seg_len && g->b_direct(g, j, 0, &base, &bs, &tf, &ch0);
+      if (direct && tf) {
+        /* transformed values: the first row tile transforms and packs the panel as it reads it */
+        for (long t = 0; t < tiles; t++) {
+          const long i = m0 + t * MR;
+          const int mr = (int)(m1 - i < MR ? m1 - i : MR);
+          if (t == 0 && mr == MR)
+            ukr_avx512_8x32_bdirect_tf(K, bufA, base, bs, tf, ch0, bufB, g->c + seg * g->seg_stride + off + i * g->ldc,
+                                       g->ldc, overwrite);
+          else if (t == 0) {
+            ukr_avx512_8x32_bdirect_tf(K, bufA, base, bs, tf, ch0, bufB, tmp, NR, 1);
+            store_tile_general(g, tmp, i, j, mr, nr, overwrite);
+          } else
+            gemm_tile(g, K, bufA + t * K * MR, bufB, i, j, mr, nr, overwrite, 0, tmp);
+        }
+        continue;
+      }
+      if (direct) {
         for (long t = 0; t < tiles; t++) {
           const long i = m0 + t * MR;
           const int mr = (int)(m1 - i < MR ? m1 - i : MR);

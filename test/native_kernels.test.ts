@@ -435,6 +435,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
   test('convolution of a transformed input (training fusion) == convolution of the batch norm apply output', () => {
     const cases: [string, ConvGeom][] = [
       ['pointwise 32x32', convGeom(2, 24, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1)],
+      ['pointwise 16x16, 20 outputs (few rows: the panel read in place, transformed by the first row tile; a partial tile)', convGeom(3, 36, 16, 16, 20, 1, 1, 1, 1, 0, 0, 1)],
       ['pointwise 8x8, deep (several depth blocks)', convGeom(3, 300, 8, 8, 24, 1, 1, 1, 1, 0, 0, 1)],
       ['pointwise 4x4, large weight gradient (not chunked)', convGeom(2, 600, 4, 4, 480, 1, 1, 1, 1, 0, 0, 1)],
       ['pointwise 2x2', convGeom(16, 40, 2, 2, 24, 1, 1, 1, 1, 0, 0, 1)],
