@@ -20,7 +20,7 @@
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 8
+#define CN_ADDON_VERSION 9
 #define MAXARGS 20
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -209,7 +209,9 @@ static const cn_intf *intf_args(call_t *c, size_t i, const cn_conv_geom *g, cn_i
   return tf;
 }
 
-/* conv2d(x, w, b|null, y, g[, mean|null, scale, shift, act]): the optional input transform */
+/* conv2d(x, w, b|null, y, g[, mean|null, scale, shift, act[, stats|null]]): the optional input
+ * transform; stats (no bias): the batch statistics partials of y where the path computes them
+ * (cn_conv2d_stats). Returns whether stats were written. */
 static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   call_t c;
   if (!start(&c, env, info)) return NULL;
@@ -222,9 +224,50 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   float *y = arr(&c, 3, napi_float32_array, (size_t)(g.n * g.o * g.oh * g.ow), 0, "y");
   cn_intf tfs;
   const cn_intf *tf = intf_args(&c, 5, &g, &tfs);
+  const long G = cn_bn_group_images(g.oh * g.ow);
+  float *gs = arr(&c, 9, napi_float32_array, (size_t)(2 * ((g.n + G - 1) / G) * g.o), 1, "statistics partials");
+  if (gs && b) fail(&c, "convnets native: conv2d computes statistics partials only without a bias");
+  if (c.failed) return NULL;
+  int done = 0;
+  LOCK();
+  if (gs)
+    done = cn_conv2d_stats(x, tf, w, y, &g, gs);
+  else
+    cn_conv2d_tf(x, tf, w, b, y, &g);
+  UNLOCK();
+  napi_value r;
+  napi_get_boolean(env, done != 0, &r);
+  return r;
+}
+
+/* bnGroupImages(hw): images per group of the batch statistics of planes of hw values (partials
+ * hold 2 floats per group and channel) */
+static napi_value js_bn_group_images(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  const long hw = inum(&c, 0);
+  if (c.failed) return NULL;
+  napi_value r;
+  napi_create_int64(env, cn_bn_group_images(hw), &r);
+  return r;
+}
+
+/* bnStatsFromPartials(gs, mean, var, invstd, n, c, hw, eps): batch statistics from the partials
+ * conv2d wrote (the values bnStats gives for its output) */
+static napi_value js_bn_stats_from_partials(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  const long n = inum(&c, 4), ch = inum(&c, 5), hw = inum(&c, 6);
+  const double eps = num(&c, 7);
+  if (c.failed) return NULL;
+  const long G = cn_bn_group_images(hw);
+  const float *gs = arr(&c, 0, napi_float32_array, (size_t)(2 * ((n + G - 1) / G) * ch), 0, "statistics partials");
+  float *mean = arr(&c, 1, napi_float32_array, (size_t)ch, 0, "mean");
+  float *var = arr(&c, 2, napi_float32_array, (size_t)ch, 0, "var");
+  float *invstd = arr(&c, 3, napi_float32_array, (size_t)ch, 0, "invstd");
   if (c.failed) return NULL;
   LOCK();
-  cn_conv2d_tf(x, tf, w, b, y, &g);
+  cn_bn_stats_from_groups(gs, n, ch, hw, eps, mean, var, invstd);
   UNLOCK();
   return undef(env);
 }
@@ -900,6 +943,8 @@ NAPI_MODULE_INIT() {
       {"bnEval", js_bn_eval},
       {"bnBackward", js_bn_backward},
       {"bnStats", js_bn_stats},
+      {"bnStatsFromPartials", js_bn_stats_from_partials},
+      {"bnGroupImages", js_bn_group_images},
       {"bnApply", js_bn_apply},
       {"bnBackwardAct", js_bn_backward_act},
       {"elementwise", js_elementwise},

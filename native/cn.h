@@ -78,6 +78,12 @@ struct cn_gemm {
   long M, N, K;
   cn_pack_fn pack_a, pack_b;
   cn_bdirect_fn b_direct; /* optional (set after cn_gemm_init*): B read in place for few rows */
+  /* optional: called by the task that computed C's rows [m0, m1) x columns [n0, n1), once they
+   * are final (the region still in the core's caches); column ranges are multiples of n_align
+   * (but the last) when n_align > 1 */
+  void (*post_task)(const cn_gemm *g, long m0, long m1, long n0, long n1);
+  const void *pctx;
+  long n_align;
   /* strided operands for the generic packers: A(i,k) = a[i*a_rs + k*a_cs], B(k,j) = b[k*b_rs + j*b_cs] */
   const float *a;
   long a_rs, a_cs;
@@ -152,6 +158,10 @@ void cn_conv2d(const float *x, const float *w, const float *b, float *y, const c
 /* cn_conv2d / cn_conv2d_backward_weight of the transformed input (tf may be NULL; non-NULL only
  * where cn_intf_supported) */
 void cn_conv2d_tf(const float *x, const cn_intf *tf, const float *w, const float *b, float *y, const cn_conv_geom *g);
+/* cn_conv2d_tf without bias that also writes the batch statistics partials of its output
+ * (cn_bn_group_stats layout, 2 * ceil(n / cn_bn_group_images(oh * ow)) * o floats) where its
+ * path computes them (the packed GEMM: returns 1), else 0 (gstats untouched) */
+int cn_conv2d_stats(const float *x, const cn_intf *tf, const float *w, float *y, const cn_conv_geom *g, float *gstats);
 void cn_conv2d_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf, float *dw,
                                   const cn_conv_geom *g);
 /* convolution with an epilogue (epi->bias is the conv bias; epi->out_base == y) */
@@ -198,6 +208,14 @@ void cn_bn_train(const float *x, const float *wt, const float *bs, float *y, flo
 void cn_bn_eval(const float *x, const float *mean, const float *var, const float *wt, const float *bs, float *y,
                 long n, long c, long hw, double eps);
 void cn_bn_stats(const float *x, float *mean, float *var, float *invstd, long n, long c, long hw, double eps);
+/* batch statistics from per-group partials (training fusion: computed by the convolution that
+ * produced the tensor, while its output is in cache): groups of cn_bn_group_images(hw) images,
+ * gs[(group * c + ch) * 2 + 0 / 1] = the group's mean / squared deviations as the statistics
+ * kernels compute them, so that cn_bn_stats_from_groups gives cn_bn_stats's values */
+long cn_bn_group_images(long hw);
+void cn_bn_group_stats(const float *y, long n, long c, long hw, long g0, long g1, long c0, long c1, float *gs);
+void cn_bn_stats_from_groups(const float *gs, long n, long c, long hw, double eps, float *mean, float *var,
+                             float *invstd);
 void cn_bn_apply(const float *x, const float *mean, const float *scale, const float *shift, const float *res, float *y,
                  long n, long c, long hw, int act);
 void cn_bn_backward_act(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
@@ -233,6 +251,10 @@ void cn_adam(float *p, const float *g, float *m, float *v, long n, const cn_adam
 void cn_sgd(float *p, const float *g, float *buf, long n, const cn_sgd_hyper *h);
 
 /* Depthwise (channels per group == 1) direct kernels, in kernels.c (ISA dispatched). */
+/* cn_dw_forward(_tf) without bias that also writes its output's batch statistics partials
+ * (cn_bn_group_stats layout) where the planes form groups of one image (32x32 and up): 1, else 0
+ * and nothing computed */
+int cn_dw_forward_stats(const float *x, const cn_intf *tf, const float *w, float *y, const cn_conv_geom *g, float *gs);
 void cn_dw_forward(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g);
 void cn_dw_forward_epi(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
                        const cn_epilogue *epi);

@@ -337,13 +337,27 @@ static void im2col_gemm_init(cn_gemm *G, const im2col_ctx *s, long M, long N, lo
   G->seg_stride = seg_stride;
 }
 
-static void conv2d_impl(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
-                        const cn_conv_geom *g, const cn_epilogue *epi) {
+/* the batch statistics partials of the output columns a GEMM task computed (whole groups of
+ * images: n_align) */
+typedef struct {
+  float *y, *gs;
+  long n, o, P;
+} stats_post_ctx;
+
+static void stats_post(const cn_gemm *G, long m0, long m1, long n0, long n1) {
+  const stats_post_ctx *S = (const stats_post_ctx *)G->pctx;
+  const long span = S->P * cn_bn_group_images(S->P);
+  cn_bn_group_stats(S->y, S->n, S->o, S->P, n0 / span, (n1 + span - 1) / span, m0, m1, S->gs);
+}
+
+static int conv2d_impl(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
+                       const cn_conv_geom *g, const cn_epilogue *epi, float *gstats) {
   const long cg = g->c / g->groups, og = g->o / g->groups;
   if (tf && !cn_intf_supported(g)) abort(); /* callers check */
+  if (cg == 1 && gstats && !b && !epi && g->o == g->c && cn_dw_forward_stats(x, tf, w, y, g, gstats)) return 1;
   if (tf && cg == 1) {
     cn_dw_forward_tf(x, tf, w, b, y, g);
-    return;
+    return 0;
   }
   if (cg == 1) {
     if (epi) {
@@ -353,11 +367,11 @@ static void conv2d_impl(const float *x, const cn_intf *tf, const float *w, const
       cn_dw_forward_epi(x, w, b, y, g, &e);
     } else
       cn_dw_forward(x, w, b, y, g);
-    return;
+    return 0;
   }
   if (!tf && cn_conv_direct_applies(g)) {
     cn_conv_direct(x, w, b, y, g, epi);
-    return;
+    return 0;
   }
   const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
   for (long gr = 0; gr < g->groups; gr++) {
@@ -366,6 +380,13 @@ static void conv2d_impl(const float *x, const cn_intf *tf, const float *w, const
     s.tf = tf;
     cn_gemm G;
     im2col_gemm_init(&G, &s, og, g->n * P, Kg, w + gr * og * Kg, y + gr * og * P, P, g->o * P);
+    stats_post_ctx S = {y, gstats, g->n, g->o, P};
+    if (gstats && g->groups == 1 && !b && !epi) {
+      /* the batch statistics partials of whole groups of images, by the task that computed them */
+      G.post_task = stats_post;
+      G.pctx = &S;
+      G.n_align = P * cn_bn_group_images(P);
+    }
     cn_epilogue e;
     if (epi) {
       /* the bias goes into the epilogue (added before the normalisation, as the separate pass) */
@@ -380,18 +401,23 @@ static void conv2d_impl(const float *x, const cn_intf *tf, const float *w, const
     bias_job J = {y, b, P, g->o, g->n};
     cn_parallel(g->n * g->o, bias_task, &J);
   }
+  return gstats && g->groups == 1 && !b && !epi;
 }
 
 void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {
-  conv2d_impl(x, NULL, w, b, y, g, NULL);
+  conv2d_impl(x, NULL, w, b, y, g, NULL, NULL);
 }
 
 void cn_conv2d_tf(const float *x, const cn_intf *tf, const float *w, const float *b, float *y, const cn_conv_geom *g) {
-  conv2d_impl(x, tf, w, b, y, g, NULL);
+  conv2d_impl(x, tf, w, b, y, g, NULL, NULL);
+}
+
+int cn_conv2d_stats(const float *x, const cn_intf *tf, const float *w, float *y, const cn_conv_geom *g, float *gstats) {
+  return conv2d_impl(x, tf, w, NULL, y, g, NULL, gstats);
 }
 
 void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom *g, const cn_epilogue *epi) {
-  conv2d_impl(x, NULL, w, epi->bias, y, g, epi);
+  conv2d_impl(x, NULL, w, epi->bias, y, g, epi, NULL);
 }
 
 /* ---- MobileNetV2's inverted residual block in inference ------------------------------------------- */

@@ -805,6 +805,7 @@ static void gemm_task(void *ctx, long t, int tid) {
   if (m1 > J->g->M) m1 = J->g->M;
   if (n1 > J->g->N) n1 = J->g->N;
   cn_gemm_serial(J->g, m0, m1, n0, n1, tid);
+  if (J->g->post_task) J->g->post_task(J->g, m0, m1, n0, n1);
 }
 
 #define PREPACK_MAX_FLOATS (1L << 21) /* 8 MiB of packed B at most */
@@ -834,6 +835,7 @@ void cn_gemm_parallel(const cn_gemm *g) {
   const double flops = 2.0 * (double)g->M * (double)g->N * (double)(g->K > 0 ? g->K : 1);
   if (T == 1 || flops < 4.0e5) {
     cn_gemm_serial(g, 0, g->M, 0, g->N, 0);
+    if (g->post_task) g->post_task(g, 0, g->M, 0, g->N);
     return;
   }
   const int MR = cn_gk.mr, NR = cn_gk.nr;
@@ -853,6 +855,8 @@ void cn_gemm_parallel(const cn_gemm *g) {
   J.g = g;
   J.mstep = (mblocks + mparts - 1) / mparts * MR;
   J.nstep = (nblocks + nparts - 1) / nparts * NR;
+  if (g->n_align > 1) /* column ranges of whole units (post_task) */
+    J.nstep = (J.nstep + g->n_align - 1) / g->n_align * g->n_align;
   J.mparts = (g->M + J.mstep - 1) / J.mstep;
   J.nparts = (g->N + J.nstep - 1) / J.nstep;
   cn_gemm local;

@@ -25,6 +25,8 @@ typedef struct {
   void (*epi_rows)(float *y, const float *res, long ldc, long rows, long n, long ch0, const float *bias,
                    const float *mean, const float *scale, const float *shift, int act);
   void (*stats_planes)(const float *x, long hw, long count, long stride, double *cnt, double *mean, double *m2);
+  void (*group_stats)(const float *x, long hw, long np, long stride, int more, float *sm, float *sq);
+  void (*chan_merge)(double *cnt, double *mean, double *m2, double nb, float sm, float sq);
   void (*stats_block)(const float *x, long hw, long np, long img_stride, long nch, int more, double *cnt, double *mean,
                       double *m2); /* NULL: per channel */
   void (*dot2_block)(const float *dy, const float *x, long hw, long np, long img_stride, long nch, int more,
@@ -346,6 +348,42 @@ void cn_bn_stats(const float *x, float *mean, float *var, float *invstd, long n,
   free(part);
 }
 
+/* ---- batch statistics from partials computed by the convolution that produced the tensor ---- */
+
+long cn_bn_group_images(long hw) { return bn_group_planes(hw); }
+
+/* the mean and squared deviations of groups [g0, g1) of cn_bn_group_images(hw) images (the last
+ * group of the batch partial), channels [c0, c1) of y (n, c, hw), as the statistics kernels
+ * compute them per group: gs[(grp * c + ci) * 2 + 0 / 1] */
+void cn_bn_group_stats(const float *y, long n, long c, long hw, long g0, long g1, long c0, long c1, float *gs) {
+  ensure_k();
+  const long G = bn_group_planes(hw);
+  for (long grp = g0; grp < g1; grp++) {
+    const long p0 = grp * G, np = n - p0 < G ? n - p0 : G;
+    for (long ci = c0; ci < c1; ci++)
+      K.group_stats(y + (p0 * c + ci) * hw, hw, np, c * hw, 0, &gs[(grp * c + ci) * 2], &gs[(grp * c + ci) * 2 + 1]);
+  }
+}
+
+/* cn_bn_stats from the group partials of the whole batch: merged per channel in group order, as
+ * the statistics kernels merge them (the same values) */
+void cn_bn_stats_from_groups(const float *gs, long n, long c, long hw, double eps, float *mean, float *var,
+                             float *invstd) {
+  ensure_k();
+  const long G = bn_group_planes(hw), ng = (n + G - 1) / G;
+  for (long ci = 0; ci < c; ci++) {
+    double cnt = 0.0, m = 0.0, m2 = 0.0;
+    for (long grp = 0; grp < ng; grp++) {
+      const long np = n - grp * G < G ? n - grp * G : G;
+      K.chan_merge(&cnt, &m, &m2, (double)np * (double)hw, gs[(grp * c + ci) * 2], gs[(grp * c + ci) * 2 + 1]);
+    }
+    const double v = cnt > 0 ? m2 / cnt : 0.0;
+    mean[ci] = (float)m;
+    var[ci] = (float)v;
+    invstd[ci] = (float)(1.0 / sqrt(v + eps));
+  }
+}
+
 /* y = act((x - mean) * scale + shift (+ res)) per channel */
 void cn_bn_apply(const float *x, const float *mean, const float *scale, const float *shift, const float *res, float *y,
                  long n, long c, long hw, int act) {
@@ -563,6 +601,7 @@ typedef struct {
   int s2;                  /* AVX-512 3x3 stride-2 row path */
   const cn_epilogue *epi;  /* forward: applied to each output plane (bias already in it), or NULL */
   const cn_intf *tf;       /* forward, weight gradient: the input transform, or NULL */
+  float *gs;               /* forward: batch statistics partials of each output plane, or NULL */
 } dw_job;
 
 /* Input planes of channel ic for images n0..n0+count, dw_xs(J) floats apart: x itself, or with
@@ -689,7 +728,20 @@ static const cn_dw_pepi *dw_pepi(const dw_job *J, long pl, cn_dw_pepi *pe) {
 }
 
 /* forward task (inference fusion: the epilogue, if any, on each plane as it is computed) */
+static void dw_fwd_task_planes(void *ctx, long t, int tid);
+
+/* dw_fwd_task_planes, then (statistics fusion) the partials of the planes it computed, which are
+ * still in cache: one group per plane (cn_bn_group_images is 1 for these planes) */
 static void dw_fwd_task(void *ctx, long t, int tid) {
+  dw_fwd_task_planes(ctx, t, tid);
+  const dw_job *J = (const dw_job *)ctx;
+  if (!J->gs) return;
+  const long ohw = J->g->oh * J->g->ow, p0 = t * J->planes_per_task;
+  const long p1 = p0 + J->planes_per_task < J->total ? p0 + J->planes_per_task : J->total;
+  for (long pl = p0; pl < p1; pl++) K.group_stats(J->y + pl * ohw, ohw, 1, ohw, 0, &J->gs[pl * 2], &J->gs[pl * 2 + 1]);
+}
+
+static void dw_fwd_task_planes(void *ctx, long t, int tid) {
   const dw_job *J = (const dw_job *)ctx;
   const cn_conv_geom *g = J->g;
   cn_dw_pepi pe;
@@ -773,28 +825,35 @@ static long planes_per_task(long total, long plane_work) {
 }
 
 static void cn_dw_forward_tfe(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
-                              const cn_conv_geom *g, const cn_epilogue *epi);
+                              const cn_conv_geom *g, const cn_epilogue *epi, float *gs);
+
+int cn_dw_forward_stats(const float *x, const cn_intf *tf, const float *w, float *y, const cn_conv_geom *g, float *gs) {
+  if (bn_group_planes(g->oh * g->ow) != 1) return 0; /* groups of several images span tasks */
+  cn_dw_forward_tfe(x, tf, w, NULL, y, g, NULL, gs);
+  return 1;
+}
 
 void cn_dw_forward(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {
-  cn_dw_forward_tfe(x, NULL, w, b, y, g, NULL);
+  cn_dw_forward_tfe(x, NULL, w, b, y, g, NULL, NULL);
 }
 
 void cn_dw_forward_tf(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
                       const cn_conv_geom *g) {
-  cn_dw_forward_tfe(x, tf, w, b, y, g, NULL);
+  cn_dw_forward_tfe(x, tf, w, b, y, g, NULL, NULL);
 }
 
 void cn_dw_forward_epi(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g,
                        const cn_epilogue *epi) {
-  cn_dw_forward_tfe(x, NULL, w, b, y, g, epi);
+  cn_dw_forward_tfe(x, NULL, w, b, y, g, epi, NULL);
 }
 
 static void cn_dw_forward_tfe(const float *x, const cn_intf *tf, const float *w, const float *b, float *y,
-                              const cn_conv_geom *g, const cn_epilogue *epi) {
+                              const cn_conv_geom *g, const cn_epilogue *epi, float *gs) {
   ensure_k();
   dw_job J;
   memset(&J, 0, sizeof(J));
   J.epi = epi;
+  J.gs = gs;
   J.tf = tf;
   J.x = x;
   J.w = w;

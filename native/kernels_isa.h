@@ -461,43 +461,46 @@ static inline void FN(chan_merge)(double *cnt, double *mean, double *m2, double 
   *cnt = tot;
 }
 
+/* one group's mean sm and squared deviations sq (np planes stride apart; more: prefetch the
+ * plane after the group) */
+static ISA_ATTR void FN(group_stats)(const float *x, long hw, long np, long stride, int more, float *sm, float *sq) {
+  const double nb = (double)np * (double)hw;
+#if defined(ISA_AVX) && LANES == 32
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  for (long p = 0; p < np; p++) {
+    const float *q = x + p * stride;
+    if (p + 1 < np || more) {
+      const char *nq = (const char *)(q + stride);
+      for (long b = 0; b < hw * (long)sizeof(float); b += 64) _mm_prefetch(nq + b, _MM_HINT_T0);
+    }
+    FN(plane_sum)(q, hw, &a0, &a1);
+  }
+  *sm = (float)(FN(hsum512d)(_mm512_add_ps(a0, a1)) / nb);
+  const __m512 vm = _mm512_set1_ps(*sm);
+  a0 = _mm512_setzero_ps();
+  a1 = a0;
+  for (long p = 0; p < np; p++) FN(plane_sqdev)(x + p * stride, hw, vm, &a0, &a1);
+  *sq = (float)FN(hsum512d)(_mm512_add_ps(a0, a1));
+#else
+  (void)more;
+  double s = 0.0;
+  for (long p = 0; p < np; p++) s += (double)FN(sum)(x + p * stride, hw);
+  *sm = (float)(s / nb);
+  double d2 = 0.0;
+  for (long p = 0; p < np; p++) d2 += (double)FN(sqdev)(x + p * stride, hw, *sm);
+  *sq = (float)d2;
+#endif
+}
+
 /* running (count, mean, M2) of the values, Chan's combination of per-group mean and M2 */
 static ISA_ATTR void FN(stats_planes)(const float *x, long hw, long count, long stride, double *cnt, double *mean,
                                       double *m2) {
   const long G = FN(bn_group)(hw);
   for (long p0 = 0; p0 < count; p0 += G) {
     const long np = count - p0 < G ? count - p0 : G;
-    const double nb = (double)np * (double)hw;
     float sm, sq;
-#if defined(ISA_AVX) && LANES == 32
-    {
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-      for (long p = p0; p < p0 + np; p++) {
-        const float *q = x + p * stride;
-        if (p + 1 < count) {
-          const char *nq = (const char *)(q + stride);
-          for (long b = 0; b < hw * (long)sizeof(float); b += 64) _mm_prefetch(nq + b, _MM_HINT_T0);
-        }
-        FN(plane_sum)(q, hw, &a0, &a1);
-      }
-      sm = (float)(FN(hsum512d)(_mm512_add_ps(a0, a1)) / nb);
-      const __m512 vm = _mm512_set1_ps(sm);
-      a0 = _mm512_setzero_ps();
-      a1 = a0;
-      for (long p = p0; p < p0 + np; p++) FN(plane_sqdev)(x + p * stride, hw, vm, &a0, &a1);
-      sq = (float)FN(hsum512d)(_mm512_add_ps(a0, a1));
-    }
-#else
-    {
-      double s = 0.0;
-      for (long p = p0; p < p0 + np; p++) s += (double)FN(sum)(x + p * stride, hw);
-      sm = (float)(s / nb);
-      double d2 = 0.0;
-      for (long p = p0; p < p0 + np; p++) d2 += (double)FN(sqdev)(x + p * stride, hw, sm);
-      sq = (float)d2;
-    }
-#endif
-    FN(chan_merge)(cnt, mean, m2, nb, sm, sq);
+    FN(group_stats)(x + p0 * stride, hw, np, stride, p0 + np < count, &sm, &sq);
+    FN(chan_merge)(cnt, mean, m2, (double)np * (double)hw, sm, sq);
   }
 }
 
@@ -953,6 +956,8 @@ static void FN(fill_table)(cn_ktab *t) {
   t->bn_apply_act_v = FN(bn_apply_act_v);
   t->epi_rows = FN(epi_rows);
   t->stats_planes = FN(stats_planes);
+  t->group_stats = FN(group_stats);
+  t->chan_merge = FN(chan_merge);
 #if defined(ISA_AVX) && LANES == 32
   t->stats_block = FN(stats_block);
   t->dot2_block = FN(dot2_block);

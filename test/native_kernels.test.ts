@@ -481,6 +481,47 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     assert.throws(() => be.conv2dBackwardWeight(randn(64), randn(64), g3, tf), /pointwise or depthwise/);
   });
 
+  test('convolution with batch statistics partials (training fusion): the same output, and the same statistics as reading it', () => {
+    // [name, geometry, whether the path computes partials]
+    const cases: [string, ConvGeom, boolean][] = [
+      ['pointwise 32x32 (groups of one image)', convGeom(3, 12, 32, 32, 20, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 16x16, 9 images (groups of 4: the last one partial)', convGeom(9, 8, 16, 16, 14, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 8x8, 40 images, few rows (in-place panels)', convGeom(40, 24, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 4x4, 70 images, 200 outputs (row-split tasks)', convGeom(70, 32, 4, 4, 200, 1, 1, 1, 1, 0, 0, 1), true],
+      ['3x3 stride 2 on the packed GEMM', convGeom(4, 8, 17, 17, 24, 3, 3, 2, 2, 1, 1, 1), true],
+      ['depthwise 32x32', convGeom(3, 10, 32, 32, 10, 3, 3, 1, 1, 1, 1, 10), true],
+      ['depthwise 16x16 (groups of 4 images span tasks: no partials)', convGeom(5, 10, 16, 16, 10, 3, 3, 1, 1, 1, 1, 10), false],
+    ];
+    const same = (got: ArrayLike<number>, want: ArrayLike<number>, what: string): void => {
+      assert.equal(got.length, want.length, what);
+      for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) assert.fail(`${what}: [${i}] ${got[i]} != ${want[i]}`);
+    };
+    for (const [name, g, computes] of cases) {
+      const x = randn(g.n * g.c * g.h * g.w, 1.5, 0.3);
+      const w = randn(g.o * (g.c / g.groups) * g.kh * g.kw, 0.5);
+      const hw = g.oh * g.ow;
+      for (const withTf of [false, true]) {
+        if (withTf && !(g.kh === 1 || g.groups === g.c)) continue;
+        const tf = withTf ? { mean: randn(g.c, 0.2), scale: randn(g.c, 1, 0.5), shift: randn(g.c, 1), act: 2 as const } : null;
+        forEachIsa((isa) => {
+          const what = `${isa} ${name}${withTf ? ' (input transform)' : ''}`;
+          const r = be.conv2dWithStats!(x, w, g, tf);
+          same(r.y, be.conv2d(x, w, null, g, tf), `${what}: output`);
+          if (!computes || isa !== 'avx512') {
+            if (isa === 'avx512') assert.equal(r.partials, null, `${what}: no partials expected`);
+            if (r.partials === null) return;
+          }
+          assert.ok(r.partials !== null, `${what}: partials expected`);
+          const got = be.batchNormStatsFromPartials!(r.partials, g.n, g.o, hw, 1e-5);
+          const want = be.batchNormStats(r.y, g.n, g.o, hw, 1e-5);
+          same(got.mean, want.mean, `${what}: mean`);
+          same(got.varBiased, want.varBiased, `${what}: variance`);
+          same(got.invstd, want.invstd, `${what}: invstd`);
+        });
+      }
+    }
+  });
+
   test('elementwise kernels, including lengths that span several threads', () => {
     for (const len of [0, 1, 31, 1000, 200_003]) {
       const a = randn(len, 8);

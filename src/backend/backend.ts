@@ -174,6 +174,12 @@ export interface Backend {
   // The two halves of batchNormTrain, so that the normalisation can be fused with what follows:
   // statistics only (same values as batchNormTrain's) ...
   batchNormStats(x: F32, n: number, c: number, hw: number, eps: number): BatchNormStats;
+  // Optional (training fusion): conv2d without a bias that also returns partials of its output's
+  // batch statistics, computed while the output is still in cache, or null partials where the
+  // backend's path for this geometry does not compute them. batchNormStatsFromPartials turns
+  // them into exactly the values batchNormStats(y) gives.
+  conv2dWithStats?(x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null): { y: F32; partials: F32 | null };
+  batchNormStatsFromPartials?(partials: F32, n: number, c: number, hw: number, eps: number): BatchNormStats;
   // ... and y = act((x - mean[c]) * scale[c] + shift[c] (+ res)), with scale = invstd * weight and
   // shift = bias (float32 per channel; batchNormTrain/Eval compute exactly these). res: an
   // optional residual of x's shape added before the activation (a following add(), fused).

@@ -13,7 +13,7 @@ import { allocOutput, releaseOutput, setAddressProbe, setHugePageAdvisor } from 
 /** The functions exported by the compiled addon (native/addon.c). */
 interface NativeAddon {
   version: number;
-  conv2d(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, tfMean?: F32, tfScale?: F32, tfShift?: F32, tfAct?: number): void;
+  conv2d(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, tfMean?: F32 | null, tfScale?: F32 | null, tfShift?: F32 | null, tfAct?: number, partials?: F32 | null): boolean;
   conv2dFused(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, mean: F32, scale: F32, shift: F32, res: F32 | null, act: number): void;
   blockInfer(x: F32, y: F32, g1: Int32Array, w1: F32, e1: F32, g2: Int32Array, w2: F32, e2: F32, g3: Int32Array, w3: F32, e3: F32 | null, res: F32 | null, acts: Int32Array): boolean;
   conv2dDwPw(x: F32, wd: F32, bd: F32 | null, gd: Int32Array, md: F32, sd: F32, td: F32, actd: number, w: F32, b: F32 | null, y: F32, g: Int32Array, mean: F32 | null, scale: F32 | null, shift: F32 | null, res: F32 | null, act: number): boolean;
@@ -23,6 +23,8 @@ interface NativeAddon {
   bnEval(x: F32, mean: F32, varRunning: F32, w: F32 | null, b: F32 | null, y: F32, n: number, c: number, hw: number, eps: number): void;
   bnBackward(dy: F32, x: F32, mean: F32, invstd: F32, w: F32 | null, dx: F32, dw: F32, db: F32, n: number, c: number, hw: number): void;
   bnStats(x: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
+  bnGroupImages(hw: number): number;
+  bnStatsFromPartials(partials: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
   bnApply(x: F32, mean: F32, scale: F32, shift: F32, res: F32 | null, y: F32, n: number, c: number, hw: number, act: number): void;
   bnBackwardAct(dy: F32, x: F32, mean: F32, invstd: F32, w: F32 | null, scale: F32, shift: F32, dx: F32, dw: F32, db: F32, n: number, c: number, hw: number, act: number): void;
   elementwise(op: number, a: F32, b: F32 | null, y: F32, s: number): void;
@@ -46,7 +48,7 @@ interface NativeAddon {
   adviseHugePages(a: F32): boolean;
 }
 
-const ADDON_VERSION = 8;
+const ADDON_VERSION = 9;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -106,6 +108,12 @@ function makeBackend(A: NativeAddon): Backend {
     if (b) v.set(b.subarray(0, c), 3 * c);
     return v;
   };
+  // per-channel batch statistics written by fill
+  const statsOf = (c: number, fill: (mean: F32, varBiased: F32, invstd: F32) => void): BatchNormStats => {
+    const st = { mean: out(c), varBiased: out(c), invstd: out(c) };
+    fill(st.mean, st.varBiased, st.invstd);
+    return st;
+  };
   const poolGeom = (g: PoolGeom): Int32Array => {
     pg[0] = g.n; pg[1] = g.c; pg[2] = g.h; pg[3] = g.w; pg[4] = g.kh; pg[5] = g.kw;
     pg[6] = g.sh; pg[7] = g.sw; pg[8] = g.ph; pg[9] = g.pw; pg[10] = g.oh; pg[11] = g.ow;
@@ -131,6 +139,18 @@ function makeBackend(A: NativeAddon): Backend {
       if (tf) A.conv2d(x, w, b, y, convGeom(g), tf.mean, tf.scale, tf.shift, tf.act);
       else A.conv2d(x, w, b, y, convGeom(g));
       return y;
+    },
+    conv2dWithStats(x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null): { y: F32; partials: F32 | null } {
+      const y = out(g.n * g.o * g.oh * g.ow);
+      const group = A.bnGroupImages(g.oh * g.ow);
+      const partials = out(2 * Math.ceil(g.n / group) * g.o);
+      const done = A.conv2d(x, w, null, y, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, partials);
+      if (done) return { y, partials };
+      releaseOutput(partials);
+      return { y, partials: null };
+    },
+    batchNormStatsFromPartials(partials: F32, n: number, c: number, hw: number, eps: number): BatchNormStats {
+      return statsOf(c, (mean, varBiased, invstd) => A.bnStatsFromPartials(partials, mean, varBiased, invstd, n, c, hw, eps));
     },
     conv2dFused(x: F32, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue): F32 {
       const y = out(g.n * g.o * g.oh * g.ow);
@@ -196,11 +216,7 @@ function makeBackend(A: NativeAddon): Backend {
     },
 
     batchNormStats(x: F32, n: number, c: number, hw: number, eps: number): BatchNormStats {
-      const mean = out(c);
-      const varBiased = out(c);
-      const invstd = out(c);
-      A.bnStats(x, mean, varBiased, invstd, n, c, hw, eps);
-      return { mean, varBiased, invstd };
+      return statsOf(c, (mean, varBiased, invstd) => A.bnStats(x, mean, varBiased, invstd, n, c, hw, eps));
     },
     batchNormApply(x: F32, mean: F32, scale: F32, shift: F32, res: F32 | null, n: number, c: number, hw: number, act: Act): F32 {
       if (res) sameLength(x, res, 'batchNormApply');

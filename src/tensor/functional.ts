@@ -133,6 +133,16 @@ const fuseSeparable = fuseInference && (typeof process === 'undefined' || proces
 /** CONVNETS_FUSE_BLOCK=0 stores the expansion of MobileNetV2's blocks in inference. */
 const fuseBlock = fuseSeparable && (typeof process === 'undefined' || process.env.CONVNETS_FUSE_BLOCK !== '0');
 
+/**
+ * CONVNETS_FUSE_STATS=0: batch statistics always read the tensor again. Otherwise a training
+ * convolution without bias asks the backend for partials of its output's batch statistics,
+ * computed while the output is still in cache (conv2dWithStats), and a batch norm reading that
+ * output finishes them instead of reading it (the same values). Like the rest of the fusion,
+ * this assumes a tensor's values are not modified in place after it was computed.
+ */
+const fuseStats = typeof process === 'undefined' || process.env.CONVNETS_FUSE_STATS !== '0';
+const statsPartials = new WeakMap<Tensor, F32>();
+
 function convPendingOf(t: Tensor): ConvPending | null {
   const p = t._pending;
   return p instanceof ConvPending ? p : null;
@@ -225,7 +235,11 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
   const tp = bnActPendingOf(x);
   const tf = tp !== null && inputTransformApplies(g) ? tp.transform : null;
   const xv = tf !== null ? tp!.bn.x : x.values;
-  const y = be.conv2d(xv, weight.values, bias ? bias.values : null, g, tf);
+  let y: F32;
+  let partials: F32 | null = null;
+  if (needs && fuseStats && bias === null && be.conv2dWithStats && be.batchNormStatsFromPartials) {
+    ({ y, partials } = be.conv2dWithStats(xv, weight.values, g, tf));
+  } else y = be.conv2d(xv, weight.values, bias ? bias.values : null, g, tf);
   const wv = weight.values;
   const out = result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], (gy) => {
     const b = getBackend();
@@ -235,6 +249,7 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
       bias && bias.requiresGrad ? b.sumChannels(gy, n, o, oh * ow) : null,
     ];
   });
+  if (partials !== null) statsPartials.set(out, partials);
   if (tracer !== null) tracer('conv2d', [x, weight, bias], out, { stride: [sh, sw], padding: [ph, pw], groups });
   return out;
 }
@@ -310,7 +325,8 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
   const count = n * hw;
   if (count <= 1) throw new Error(`batch_norm: expected more than 1 value per channel when training, got input of shape ${formatShape(x.shape)}`);
   const xv = x.values;
-  const { mean, varBiased, invstd } = be.batchNormStats(xv, n, c, hw, opts.eps);
+  const partials = statsPartials.get(x);
+  const { mean, varBiased, invstd } = partials !== undefined && be.batchNormStatsFromPartials ? be.batchNormStatsFromPartials(partials, n, c, hw, opts.eps) : be.batchNormStats(xv, n, c, hw, opts.eps);
   if (runningMean && runningVar) {
     const m = opts.momentum;
     const rm = runningMean.values;
