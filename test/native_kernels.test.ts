@@ -491,6 +491,8 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       ['3x3 stride 2 on the packed GEMM', convGeom(4, 8, 17, 17, 24, 3, 3, 2, 2, 1, 1, 1), true],
       ['depthwise 32x32', convGeom(3, 10, 32, 32, 10, 3, 3, 1, 1, 1, 1, 10), true],
       ['depthwise 16x16 (groups of 4 images span tasks: no partials)', convGeom(5, 10, 16, 16, 10, 3, 3, 1, 1, 1, 1, 10), false],
+      ['depthwise with channel multiplier 2 (no partials)', convGeom(2, 6, 32, 32, 12, 3, 3, 1, 1, 1, 1, 6), false],
+      ['3x3 stride 1 32x32 (the direct kernel: no partials)', convGeom(2, 8, 32, 32, 16, 3, 3, 1, 1, 1, 1, 1), false],
     ];
     const same = (got: ArrayLike<number>, want: ArrayLike<number>, what: string): void => {
       assert.equal(got.length, want.length, what);
