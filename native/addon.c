@@ -20,7 +20,7 @@
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 9
+#define CN_ADDON_VERSION 10
 #define MAXARGS 20
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -429,6 +429,30 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   cn_conv2d_backward_weight_tf(dy, x, tf, dw, &g);
   UNLOCK();
   return undef(env);
+}
+
+/* conv2dBackwardPw(dy, x, w, dx, dw, g[, mean|null, scale, shift, act]): both gradients of a
+ * pointwise convolution in one pass (cn_conv2d_backward_pw); false (nothing computed) where it
+ * does not apply */
+static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  cn_conv_geom g;
+  if (!conv_geom(&c, 5, &g)) return NULL;
+  const float *dy = arr(&c, 0, napi_float32_array, (size_t)(g.n * g.o * g.oh * g.ow), 0, "dy");
+  const float *x = arr(&c, 1, napi_float32_array, (size_t)(g.n * g.c * g.h * g.w), 0, "x");
+  const float *w = arr(&c, 2, napi_float32_array, (size_t)(g.o * (g.c / g.groups) * g.kh * g.kw), 0, "weight");
+  float *dx = arr(&c, 3, napi_float32_array, (size_t)(g.n * g.c * g.h * g.w), 0, "dx");
+  float *dw = arr(&c, 4, napi_float32_array, (size_t)(g.o * (g.c / g.groups) * g.kh * g.kw), 0, "dw");
+  cn_intf tfs;
+  const cn_intf *tf = intf_args(&c, 6, &g, &tfs);
+  if (c.failed) return NULL;
+  LOCK();
+  const int ok = cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g);
+  UNLOCK();
+  napi_value r;
+  napi_get_boolean(env, ok != 0, &r);
+  return r;
 }
 
 /* ---- batch norm ------------------------------------------------------------------------------ */
@@ -939,6 +963,7 @@ NAPI_MODULE_INIT() {
       {"conv2dDwPw", js_conv2d_dwpw},
       {"conv2dBackwardInput", js_conv2d_bwd_input},
       {"conv2dBackwardWeight", js_conv2d_bwd_weight},
+      {"conv2dBackwardPw", js_conv2d_bwd_pw},
       {"bnTrain", js_bn_train},
       {"bnEval", js_bn_eval},
       {"bnBackward", js_bn_backward},

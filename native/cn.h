@@ -183,6 +183,13 @@ void cn_conv_direct_backward_weight(const float *dy, const float *x, float *dw, 
 int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, const float *bd, const float *md,
                    const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
                    const cn_epilogue *epi);
+/* Both gradients of a pointwise convolution in one pass over dy where the dot-product weight
+ * gradient applies (AVX-512, 16x16 planes and up, few input channels): each image's input
+ * gradient right after its weight-gradient tiles, its dy still in cache. The same floats as
+ * cn_conv2d_backward_input and cn_conv2d_backward_weight_tf. Returns 0 (nothing computed)
+ * elsewhere. */
+int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
+                          const cn_conv_geom *g);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 /* MobileNetV2's inverted residual block in inference, one image at a time with the two expanded
  * intermediates in per-thread scratch (never stored): y = e3(pointwise g3 (w3) of

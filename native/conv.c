@@ -848,7 +848,15 @@ typedef struct {
   const cn_intf *tf;
   float *part; /* nchunks x O x C */
   long n, O, C, P, nchunks;
+  /* both gradients (cn_conv2d_backward_pw): the input gradient of each image, computed right
+   * after its weight-gradient tiles while its dy is in cache; w: the weights, apre: W^T packed */
+  float *dx;
+  const float *w, *apre;
 } pwd_job;
+
+/* dx_n (C x P) = W^T (C x O) * dy_n (O x P): the pointwise input gradient of one image (the
+ * GEMM of cn_conv2d_backward_input on its columns: the same floats) */
+static void pwd_input_grad_one(const pwd_job *J, long n, int tid);
 
 static CONV_A512 void pwd_chunk_task(void *ctx, long ch, int tid) {
   const pwd_job *J = (const pwd_job *)ctx;
@@ -881,6 +889,7 @@ static CONV_A512 void pwd_chunk_task(void *ctx, long ch, int tid) {
           pwd_tile_edge(dn + o0 * P, xn + c0 * P, P, (int)r1, (int)r2, a);
       }
     }
+    if (J->dx) pwd_input_grad_one(J, n, tid);
   }
   float *out = J->part + ch * O * C;
   for (long ob = 0; ob < to; ob++)
@@ -910,18 +919,62 @@ static int pwd_applies(const cn_conv_geom *g) {
          g->o * g->c <= PWD_MAX_WEIGHTS;
 }
 
-static void pwd_backward_weight(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g) {
+/* W^T as the A operand of the pointwise input gradient: A(i = c, k = o) = w[o * C + c] */
+static void pwd_input_gemm(cn_gemm *G, im2col_ctx *s, const float *dy, const float *w, float *dx, long O, long C,
+                           long P, long N) {
+  im2col_init(s, dy, O, 1, P, 0, 1, 1, 1, 1, 0, 0, 1, P);
+  cn_gemm_init_strided(G, C, N * P, O, w, 1, C, NULL, 0, 0, dx, P);
+  G->pack_b = pack_b_im2col;
+  G->b_direct = bdirect_pw;
+  G->bctx = s;
+  G->seg_len = P;
+  G->seg_stride = C * P;
+}
+
+static void pwd_input_grad_one(const pwd_job *J, long n, int tid) {
+  im2col_ctx s;
+  cn_gemm G;
+  pwd_input_gemm(&G, &s, J->dy + n * J->O * J->P, J->w, J->dx + n * J->C * J->P, J->O, J->C, J->P, 1);
+  G.apre = J->apre;
+  cn_gemm_serial(&G, 0, J->C, 0, J->P, tid);
+}
+
+static void pwd_backward(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g,
+                         const float *w, float *dx) {
   long nchunks = 1; /* a power of two, at most the batch (depends on the shape only) */
   while (nchunks * 2 <= BW_MAX_CHUNKS && nchunks * 2 <= g->n) nchunks *= 2;
   const long count = g->o * g->c;
   float *part = cn_gws(CN_GWS_B, (size_t)(nchunks * count));
   if (!part) abort();
-  pwd_job J = {dy, x, tf, part, g->n, g->o, g->c, g->oh * g->ow, nchunks};
+  pwd_job J = {dy, x, tf, part, g->n, g->o, g->c, g->oh * g->ow, nchunks, dx, w, NULL};
+  float *apre = NULL;
+  if (dx) { /* W^T packed once for every image's GEMM */
+    im2col_ctx s;
+    cn_gemm G;
+    pwd_input_gemm(&G, &s, dy, w, dx, g->o, g->c, g->oh * g->ow, g->n);
+    apre = cn_gws(CN_GWS_A, cn_gemm_apre_floats(&G));
+    if (!apre) abort();
+    cn_gemm_prepack_a(&G, apre);
+    J.apre = apre;
+  }
   cn_parallel(nchunks, pwd_chunk_task, &J);
   sum_job S = {part, dw, count, nchunks, 16384};
   cn_parallel((S.count + S.per - 1) / S.per, sum_chunks_task, &S);
 }
 #endif
+
+int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
+                          const cn_conv_geom *g) {
+#if defined(CN_X86)
+  if (tf && !cn_intf_supported(g)) abort(); /* callers check */
+  if (!pwd_applies(g) || g->c > 64) return 0;
+  pwd_backward(dy, x, tf, dw, g, w, dx);
+  return 1;
+#else
+  (void)dy, (void)x, (void)tf, (void)w, (void)dx, (void)dw, (void)g;
+  return 0;
+#endif
+}
 
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g) {
   cn_conv2d_backward_weight_tf(dy, x, NULL, dw, g);
@@ -941,7 +994,7 @@ void cn_conv2d_backward_weight_tf(const float *dy, const float *x, const cn_intf
   }
 #if defined(CN_X86)
   if (pwd_applies(g)) {
-    pwd_backward_weight(dy, x, tf, dw, g);
+    pwd_backward(dy, x, tf, dw, g, NULL, NULL);
     return;
   }
 #endif

@@ -524,6 +524,34 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     }
   });
 
+  test('both pointwise gradients in one pass == the input and weight gradients computed apart, bit for bit', () => {
+    const cases: [string, ConvGeom, boolean][] = [
+      ['32x32, 24 -> 40', convGeom(5, 24, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1), true],
+      ['16x16, 36 -> 22 (partial row tiles both ways)', convGeom(3, 36, 16, 16, 22, 1, 1, 1, 1, 0, 0, 1), true],
+      ['17x17 (panels cross images: packed per image)', convGeom(2, 12, 17, 17, 20, 1, 1, 1, 1, 0, 0, 1), true],
+      ['16x16, 80 input channels (not this path)', convGeom(2, 80, 16, 16, 16, 1, 1, 1, 1, 0, 0, 1), false],
+      ['8x8 planes (not this path)', convGeom(4, 16, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1), false],
+    ];
+    for (const [name, g, applies] of cases) {
+      const x = randn(g.n * g.c * g.h * g.w, 1.5);
+      const w = randn(g.o * g.c, 0.5);
+      const dy = randn(g.n * g.o * g.oh * g.ow);
+      for (const tf of [null, { mean: randn(g.c, 0.2), scale: randn(g.c, 1, 0.5), shift: randn(g.c, 1), act: 2 as const }]) {
+        forEachIsa((isa) => {
+          const what = `${isa} ${name}${tf ? ' (input transform)' : ''}`;
+          const r = be.conv2dBackwardBoth!(dy, x, w, g, tf);
+          if (!applies || isa !== 'avx512') {
+            if (isa === 'avx512') assert.equal(r, null, `${what}: not expected`);
+            if (r === null) return;
+          }
+          assert.ok(r !== null, `${what}: expected`);
+          assert.deepEqual(r.dx, be.conv2dBackwardInput(dy, w, g), `${what}: dx`);
+          assert.deepEqual(r.dw, be.conv2dBackwardWeight(dy, x, g, tf), `${what}: dw`);
+        });
+      }
+    }
+  });
+
   test('elementwise kernels, including lengths that span several threads', () => {
     for (const len of [0, 1, 31, 1000, 200_003]) {
       const a = randn(len, 8);

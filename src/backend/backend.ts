@@ -163,6 +163,9 @@ export interface Backend {
   conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32;
   // dy: (N, O, OH, OW), x: (N, C, H, W) -> dw: (O, C/groups, KH, KW); tf as in conv2d
   conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom, tf?: InputTransform | null): F32;
+  // Optional: both gradients in one pass over dy (the same values as the two calls above), or
+  // null where the backend has no such path for this geometry (nothing computed).
+  conv2dBackwardBoth?(dy: F32, x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null): { dx: F32; dw: F32 } | null;
 
   // ---- batch norm (per channel over N, H, W) ---------------------------------------
   // x: (N, C, HW) -> y, batch statistics

@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Act, AdamHyper, Backend, DepthwiseStage, PointwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, InputTransform, PoolGeom, SgdHyper } from './backend.js';
+import { isPointwise } from './backend.js';
 import { allocOutput, releaseOutput, setAddressProbe, setHugePageAdvisor } from './arena.js';
 
 /** The functions exported by the compiled addon (native/addon.c). */
@@ -19,6 +20,7 @@ interface NativeAddon {
   conv2dDwPw(x: F32, wd: F32, bd: F32 | null, gd: Int32Array, md: F32, sd: F32, td: F32, actd: number, w: F32, b: F32 | null, y: F32, g: Int32Array, mean: F32 | null, scale: F32 | null, shift: F32 | null, res: F32 | null, act: number): boolean;
   conv2dBackwardInput(dy: F32, w: F32, dx: F32, geom: Int32Array): void;
   conv2dBackwardWeight(dy: F32, x: F32, dw: F32, geom: Int32Array, tfMean?: F32, tfScale?: F32, tfShift?: F32, tfAct?: number): void;
+  conv2dBackwardPw(dy: F32, x: F32, w: F32, dx: F32, dw: F32, geom: Int32Array, tfMean?: F32 | null, tfScale?: F32 | null, tfShift?: F32 | null, tfAct?: number): boolean;
   bnTrain(x: F32, w: F32 | null, b: F32 | null, y: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
   bnEval(x: F32, mean: F32, varRunning: F32, w: F32 | null, b: F32 | null, y: F32, n: number, c: number, hw: number, eps: number): void;
   bnBackward(dy: F32, x: F32, mean: F32, invstd: F32, w: F32 | null, dx: F32, dw: F32, db: F32, n: number, c: number, hw: number): void;
@@ -48,7 +50,7 @@ interface NativeAddon {
   adviseHugePages(a: F32): boolean;
 }
 
-const ADDON_VERSION = 9;
+const ADDON_VERSION = 10;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -186,6 +188,15 @@ function makeBackend(A: NativeAddon): Backend {
       const dx = out(g.n * g.c * g.h * g.w);
       A.conv2dBackwardInput(dy, w, dx, convGeom(g));
       return dx;
+    },
+    conv2dBackwardBoth(dy: F32, x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null): { dx: F32; dw: F32 } | null {
+      if (!isPointwise(g)) return null;
+      const dx = out(g.n * g.c * g.h * g.w);
+      const dw = out(g.o * g.c);
+      if (A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0)) return { dx, dw };
+      releaseOutput(dx);
+      releaseOutput(dw);
+      return null;
     },
     conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom, tf?: InputTransform | null): F32 {
       const dw = out(g.o * (g.c / g.groups) * g.kh * g.kw);

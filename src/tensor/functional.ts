@@ -243,9 +243,10 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
   const wv = weight.values;
   const out = result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], (gy) => {
     const b = getBackend();
+    const both = x.requiresGrad && weight.requiresGrad && b.conv2dBackwardBoth ? b.conv2dBackwardBoth(gy, xv, wv, g, tf) : null;
     return [
-      x.requiresGrad ? b.conv2dBackwardInput(gy, wv, g) : null,
-      weight.requiresGrad ? b.conv2dBackwardWeight(gy, xv, g, tf) : null,
+      both ? both.dx : x.requiresGrad ? b.conv2dBackwardInput(gy, wv, g) : null,
+      both ? both.dw : weight.requiresGrad ? b.conv2dBackwardWeight(gy, xv, g, tf) : null,
       bias && bias.requiresGrad ? b.sumChannels(gy, n, o, oh * ow) : null,
     ];
   });
