@@ -13,9 +13,9 @@
 #include <string.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
+#endif
 #if defined(__linux__)
 #include <sys/mman.h>
-#endif
 #endif
 
 #include "cn.h"

@@ -374,6 +374,9 @@ static int conv2d_impl(const float *x, const cn_intf *tf, const float *w, const 
     return 0;
   }
   const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
+  /* statistics partials: tasks of whole image groups, at least two of them (else the columns
+   * would not be split between threads: small batches read the output again instead) */
+  const int with_stats = gstats && g->groups == 1 && !b && !epi && g->n >= 2 * cn_bn_group_images(P);
   for (long gr = 0; gr < g->groups; gr++) {
     im2col_ctx s;
     im2col_init(&s, x, g->c, g->h, g->w, gr * cg, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow);
@@ -381,7 +384,7 @@ static int conv2d_impl(const float *x, const cn_intf *tf, const float *w, const 
     cn_gemm G;
     im2col_gemm_init(&G, &s, og, g->n * P, Kg, w + gr * og * Kg, y + gr * og * P, P, g->o * P);
     stats_post_ctx S = {y, gstats, g->n, g->o, P};
-    if (gstats && g->groups == 1 && !b && !epi) {
+    if (with_stats) {
       /* the batch statistics partials of whole groups of images, by the task that computed them */
       G.post_task = stats_post;
       G.pctx = &S;
@@ -401,7 +404,7 @@ static int conv2d_impl(const float *x, const cn_intf *tf, const float *w, const 
     bias_job J = {y, b, P, g->o, g->n};
     cn_parallel(g->n * g->o, bias_task, &J);
   }
-  return gstats && g->groups == 1 && !b && !epi;
+  return with_stats;
 }
 
 void cn_conv2d(const float *x, const float *w, const float *b, float *y, const cn_conv_geom *g) {

@@ -860,7 +860,8 @@ void cn_gemm_parallel(const cn_gemm *g) {
   J.mparts = (g->M + J.mstep - 1) / J.mstep;
   J.nparts = (g->N + J.nstep - 1) / J.nstep;
   cn_gemm local;
-  if (J.mparts > 1 && !g->bpre && g->K * nblocks * NR <= PREPACK_MAX_FLOATS) {
+  /* (a prepacked B is addressed by whole panels: column ranges must start on one) */
+  if (J.mparts > 1 && !g->bpre && g->K * nblocks * NR <= PREPACK_MAX_FLOATS && J.nstep % NR == 0) {
     /* Several row tasks would each pack the same B (pointwise convolutions of small planes,
      * where packing gathers 16-byte pieces from every image): pack it once, in parallel. */
     const long npan = nblocks;

@@ -157,7 +157,7 @@ describe('step arena', () => {
     });
   });
 
-  test('large new buffers (>= 4 MB) are offered to the huge-page advisor once, small and recycled ones are not', () => {
+  test('large new buffers (>= 4 MB) are offered to the huge-page advisor once, small and recycled ones are not', { skip: process.env.CONVNETS_HUGE_PAGES === '0' ? 'huge pages turned off (CONVNETS_HUGE_PAGES=0)' : false }, () => {
     const seen: number[] = [];
     const prev = setHugePageAdvisor((a) => {
       assert.ok(a instanceof Float32Array);
@@ -178,6 +178,25 @@ describe('step arena', () => {
       setHugePageAdvisor(prev);
       clearArenaPool();
     }
+  });
+
+  test('a convolution output kept out of its arena: a later batch norm reads it, not the recycled statistics partials', { skip: hasNative ? false : 'native backend unavailable' }, () => {
+    withBackend('native', () => {
+      const prev = setArenaDebug(true); // recycled buffers are NaN
+      try {
+        const w = tensor(new Float32Array(24 * 16).map((_, i) => Math.sin(i)), [24, 16, 1, 1], { requiresGrad: true });
+        const xin = tensor(new Float32Array(8 * 16 * 16 * 16).map((_, i) => Math.cos(i * 0.37)), [8, 16, 16, 16]);
+        const y = withArena(() => keep(F.conv2d(xin, w)));
+        withArena(() => void F.conv2d(xin, w)); // reuses the pool's buffers
+        const rm = tensor(new Float32Array(24), [24]);
+        const rv = tensor(new Float32Array(24).fill(1), [24]);
+        F.batchNorm(y, rm, rv, null, null, { training: true, momentum: 1, eps: 1e-5 });
+        const want = getBackend().batchNormStats(y.values, 8, 24, 256, 1e-5);
+        assert.deepEqual(rm.values, want.mean);
+      } finally {
+        setArenaDebug(prev);
+      }
+    });
   });
 
   test('gradients of leaves survive the arena; explicit begin/end; nested arenas join', () => {

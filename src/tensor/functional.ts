@@ -1,7 +1,7 @@
 // Differentiable operations: each computes its forward pass with the current backend and
 // records how to compute its backward pass. This is the only place autograd rules live.
 import { getBackend } from '../backend/registry.js';
-import { allocOutput, currentArena } from '../backend/arena.js';
+import { allocOutput, currentArena, type ArenaScope } from '../backend/arena.js';
 import { ACT_RELU, ACT_RELU6, convOutSize, inputTransformApplies, isPointwise, type Act, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type InputTransform, type PoolGeom } from '../backend/backend.js';
 import { Generator, defaultGenerator } from './random.js';
 import { Tensor, formatShape, isGradEnabled, noGrad, pendingTensor, type GradFn, type PendingValues } from './tensor.js';
@@ -141,7 +141,8 @@ const fuseBlock = fuseSeparable && (typeof process === 'undefined' || process.en
  * this assumes a tensor's values are not modified in place after it was computed.
  */
 const fuseStats = typeof process === 'undefined' || process.env.CONVNETS_FUSE_STATS !== '0';
-const statsPartials = new WeakMap<Tensor, F32>();
+/** The partials of a convolution's output, and the arena their buffer came from (null: none). */
+const statsPartials = new WeakMap<Tensor, { partials: F32; scope: ArenaScope | null }>();
 
 function convPendingOf(t: Tensor): ConvPending | null {
   const p = t._pending;
@@ -250,7 +251,7 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
       bias && bias.requiresGrad ? b.sumChannels(gy, n, o, oh * ow) : null,
     ];
   });
-  if (partials !== null) statsPartials.set(out, partials);
+  if (partials !== null) statsPartials.set(out, { partials, scope: currentArena() });
   if (tracer !== null) tracer('conv2d', [x, weight, bias], out, { stride: [sh, sw], padding: [ph, pw], groups });
   return out;
 }
@@ -326,8 +327,10 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
   const count = n * hw;
   if (count <= 1) throw new Error(`batch_norm: expected more than 1 value per channel when training, got input of shape ${formatShape(x.shape)}`);
   const xv = x.values;
-  const partials = statsPartials.get(x);
-  const { mean, varBiased, invstd } = partials !== undefined && be.batchNormStatsFromPartials ? be.batchNormStatsFromPartials(partials, n, c, hw, opts.eps) : be.batchNormStats(xv, n, c, hw, opts.eps);
+  // (partials from an arena that has ended were recycled: a tensor kept out of it reads again)
+  const sp = statsPartials.get(x);
+  const partials = sp !== undefined && (sp.scope === null || !sp.scope.closed) ? sp.partials : null;
+  const { mean, varBiased, invstd } = partials !== null && be.batchNormStatsFromPartials ? be.batchNormStatsFromPartials(partials, n, c, hw, opts.eps) : be.batchNormStats(xv, n, c, hw, opts.eps);
   if (runningMean && runningVar) {
     const m = opts.momentum;
     const rm = runningMean.values;
