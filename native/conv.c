@@ -375,8 +375,11 @@ static int conv2d_impl(const float *x, const cn_intf *tf, const float *w, const 
   }
   const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
   /* statistics partials: tasks of whole image groups, at least two of them (else the columns
-   * would not be split between threads: small batches read the output again instead) */
-  const int with_stats = gstats && g->groups == 1 && !b && !epi && g->n >= 2 * cn_bn_group_images(P);
+   * would not be split between threads: small batches read the output again instead); planes
+   * of 256 values and more (on 8x8 and 4x4 planes, groups of 16 / 64 images make tasks larger
+   * than the L2 and fewer: measured slower than the separate pass, whose input is then still in
+   * the L3) */
+  const int with_stats = gstats && g->groups == 1 && !b && !epi && P >= 256 && g->n >= 2 * cn_bn_group_images(P);
   for (long gr = 0; gr < g->groups; gr++) {
     im2col_ctx s;
     im2col_init(&s, x, g->c, g->h, g->w, gr * cg, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow);

@@ -486,13 +486,14 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     const cases: [string, ConvGeom, boolean][] = [
       ['pointwise 32x32 (groups of one image)', convGeom(3, 12, 32, 32, 20, 1, 1, 1, 1, 0, 0, 1), true],
       ['pointwise 16x16, 9 images (groups of 4: the last one partial)', convGeom(9, 8, 16, 16, 14, 1, 1, 1, 1, 0, 0, 1), true],
-      ['pointwise 8x8, 40 images, few rows (in-place panels)', convGeom(40, 24, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1), true],
-      ['pointwise 4x4, 130 images, 200 outputs (row-split tasks, a last group of 2 images)', convGeom(130, 32, 4, 4, 200, 1, 1, 1, 1, 0, 0, 1), true],
-      // image groups of 980 columns (14x14, 5 images): column ranges that do not start on a GEMM
+      ['pointwise 16x16, 30 images, few rows (in-place panels)', convGeom(30, 24, 16, 16, 16, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 16x16, 10 images, 200 outputs (row-split tasks, a last group of 2 images)', convGeom(10, 32, 16, 16, 200, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 8x8 (smaller planes: no partials)', convGeom(40, 24, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1), false],
+      // image groups of 867 columns (17x17, 3 images): column ranges that do not start on a GEMM
       // panel, with row-split tasks (B must not be prepacked then)
-      ['pointwise 14x14, 12 images, 256 -> 512', convGeom(12, 256, 14, 14, 512, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 17x17, 9 images, 256 -> 512', convGeom(9, 256, 17, 17, 512, 1, 1, 1, 1, 0, 0, 1), true],
       ['pointwise 16x16, 4 images (one image group: no partials, the columns split as usual)', convGeom(4, 16, 16, 16, 24, 1, 1, 1, 1, 0, 0, 1), false],
-      ['3x3 stride 2 on the packed GEMM (9x9 outputs: groups of 12 images)', convGeom(30, 8, 17, 17, 24, 3, 3, 2, 2, 1, 1, 1), true],
+      ['3x3 stride 2 on the packed GEMM (16x16 outputs)', convGeom(9, 8, 32, 32, 24, 3, 3, 2, 2, 1, 1, 1), true],
       ['depthwise 32x32', convGeom(3, 10, 32, 32, 10, 3, 3, 1, 1, 1, 1, 10), true],
       ['depthwise 16x16 (groups of 4 images span tasks: no partials)', convGeom(5, 10, 16, 16, 10, 3, 3, 1, 1, 1, 1, 10), false],
       ['depthwise with channel multiplier 2 (no partials)', convGeom(2, 6, 32, 32, 12, 3, 3, 1, 1, 1, 1, 6), false],
