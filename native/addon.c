@@ -432,8 +432,8 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
 }
 
 /* conv2dBackwardPw(dy, x, w, dx, dw, g[, mean|null, scale, shift, act]): both gradients of a
- * pointwise convolution in one pass (cn_conv2d_backward_pw); false (nothing computed) where it
- * does not apply */
+ * pointwise or depthwise convolution in one pass (cn_conv2d_backward_pw, cn_dw_backward_both);
+ * false (nothing computed) where it does not apply */
 static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   call_t c;
   if (!start(&c, env, info)) return NULL;
@@ -448,7 +448,8 @@ static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   const cn_intf *tf = intf_args(&c, 6, &g, &tfs);
   if (c.failed) return NULL;
   LOCK();
-  const int ok = cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g);
+  const int ok = g.groups == g.c && g.c > 1 ? cn_dw_backward_both(dy, x, tf, w, dx, dw, &g)
+                                            : cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g);
   UNLOCK();
   napi_value r;
   napi_get_boolean(env, ok != 0, &r);

@@ -190,6 +190,10 @@ int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, cons
  * elsewhere. */
 int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
                           const cn_conv_geom *g);
+/* The same for a depthwise convolution (kernels.c): channel multiplier 1, planes of 256 values
+ * and up, AVX-512; 0 elsewhere. */
+int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
+                        const cn_conv_geom *g);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 /* MobileNetV2's inverted residual block in inference, one image at a time with the two expanded
  * intermediates in per-thread scratch (never stored): y = e3(pointwise g3 (w3) of

@@ -1164,6 +1164,71 @@ void cn_dw_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf
   dw_bwd_w_finish(&J, dw);
 }
 
+/* ---- both depthwise gradients in one pass -------------------------------------------------------
+ * The weight gradient's large-plane walk (image by image, channel by channel) computes each
+ * input-gradient plane right after the weight-gradient plane of the same channel and image,
+ * while that dy plane is in the L1 (instead of a second pass over dy from memory). Channel
+ * multiplier 1, planes of 256 values and up, AVX-512 plane kernels on both sides (no scratch
+ * shared between the two). Both results the same floats as the separate kernels. */
+typedef struct {
+  dw_job w, i;   /* the weight-gradient and input-gradient jobs */
+  float *wfl;    /* flipped kernels (stride 1) */
+} dw_both_job;
+
+static void dw_bwd_both_task(void *ctx, long ch, int tid) {
+  const dw_both_job *B = (const dw_both_job *)ctx;
+  const dw_job *J = &B->w, *I = &B->i;
+  const cn_conv_geom *g = J->g;
+  const long khw = g->kh * g->kw, ohw = g->oh * g->ow, hw = g->h * g->w;
+  double *acc = J->part + ch * g->o * khw;
+  for (long q = 0; q < g->o * khw; q++) acc[q] = 0.0;
+  const long n0 = ch * g->n / J->nchunks, n1 = (ch + 1) * g->n / J->nchunks;
+  dw_run R = {0, 0, 0, NULL};
+  for (long n = n0; n < n1; n++)
+    for (long oc = 0; oc < g->o; oc++) {
+      dw_wgrad_one(J, &R, n, oc, acc + oc * khw, tid);
+      const float *dyp = J->b + (n * g->o + oc) * ohw;
+      float *dxp = I->y + (n * g->c + oc) * hw;
+      if (I->s2)
+        cn_dw_s2_dgrad_avx512(dyp, I->w + oc * khw, dxp, g->h, g->w, 0);
+      else if (I->w16)
+        cn_dw_w16_plane_avx512(dyp, B->wfl + oc * khw, 0.0f, dxp, g->oh, g->ow, g->kh - 1 - g->ph, g->h, 0, NULL);
+      else
+        cn_dw_s1_plane_avx512(dyp, B->wfl + oc * khw, 0.0f, dxp, I->plan, 0, NULL);
+    }
+}
+
+int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
+                        const cn_conv_geom *g) {
+  if (K_isa != 2 || g->o != g->c || g->groups != g->c || g->oh * g->ow < 256) return 0;
+  dw_both_job B;
+  cn_dw_plan Pw, Pi;
+  cn_dw_sp_plan SPw, SPi;
+  dw_bwd_in_setup(&B.i, dy, w, dx, g, &Pi, &SPi);
+  const int in_ok = !B.i.sp && (B.i.s2 || (B.i.flip && (B.i.w16 || B.i.plan)));
+  if (!in_ok) {
+    dw_job_release(&B.i);
+    return 0;
+  }
+  dw_bwd_w_setup(&B.w, dy, x, tf, g, &Pw, &SPw);
+  if (!(B.w.s2 || B.w.w16 || B.w.plan) || B.w.sp) { /* (the generic plane kernels share scratch) */
+    free(B.w.part);
+    dw_job_release(&B.w);
+    dw_job_release(&B.i);
+    return 0;
+  }
+  const long khw = g->kh * g->kw;
+  B.wfl = (float *)malloc(sizeof(float) * (size_t)(g->c * khw));
+  if (!B.wfl) abort();
+  for (long c = 0; c < g->c; c++)
+    for (long q = 0; q < khw; q++) B.wfl[c * khw + q] = w[c * khw + khw - 1 - q];
+  run_tasks(B.w.nchunks, dw_bwd_both_task, &B, 2 * g->n * g->o * g->oh * g->ow);
+  free(B.wfl);
+  dw_job_release(&B.i);
+  dw_bwd_w_finish(&B.w, dw);
+  return 1;
+}
+
 /* Run fn(ctx, plane) for every plane, several planes per pool task (about 16K floats each). */
 typedef struct {
   cn_task_fn fn;

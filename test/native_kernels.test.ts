@@ -529,17 +529,24 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     }
   });
 
-  test('both pointwise gradients in one pass == the input and weight gradients computed apart, bit for bit', () => {
+  test('both gradients of a pointwise or depthwise convolution in one pass == the input and weight gradients computed apart, bit for bit', () => {
     const cases: [string, ConvGeom, boolean][] = [
       ['32x32, 24 -> 40', convGeom(5, 24, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1), true],
       ['16x16, 36 -> 22 (partial row tiles both ways)', convGeom(3, 36, 16, 16, 22, 1, 1, 1, 1, 0, 0, 1), true],
       ['17x17 (panels cross images: packed per image)', convGeom(2, 12, 17, 17, 20, 1, 1, 1, 1, 0, 0, 1), true],
       ['16x16, 80 input channels (not this path)', convGeom(2, 80, 16, 16, 16, 1, 1, 1, 1, 0, 0, 1), false],
       ['8x8 planes (not this path)', convGeom(4, 16, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1), false],
+      ['depthwise 32x32', convGeom(3, 12, 32, 32, 12, 3, 3, 1, 1, 1, 1, 12), true],
+      ['depthwise 32x32 stride 2', convGeom(3, 12, 32, 32, 12, 3, 3, 2, 2, 1, 1, 12), true],
+      ['depthwise 16x16', convGeom(5, 20, 16, 16, 20, 3, 3, 1, 1, 1, 1, 20), true],
+      ['depthwise 20x20 (the stride-1 plan path)', convGeom(3, 10, 20, 20, 10, 3, 3, 1, 1, 1, 1, 10), true],
+      ['depthwise 20x20 stride 2, 10x10 outputs (not this path)', convGeom(3, 10, 20, 20, 10, 3, 3, 2, 2, 1, 1, 10), false],
+      ['depthwise 8x8 (not this path)', convGeom(3, 12, 8, 8, 12, 3, 3, 1, 1, 1, 1, 12), false],
+      ['depthwise, channel multiplier 2 (not this path)', convGeom(2, 6, 32, 32, 12, 3, 3, 1, 1, 1, 1, 6), false],
     ];
     for (const [name, g, applies] of cases) {
       const x = randn(g.n * g.c * g.h * g.w, 1.5);
-      const w = randn(g.o * g.c, 0.5);
+      const w = randn(g.o * (g.c / g.groups) * g.kh * g.kw, 0.5);
       const dy = randn(g.n * g.o * g.oh * g.ow);
       for (const tf of [null, { mean: randn(g.c, 0.2), scale: randn(g.c, 1, 0.5), shift: randn(g.c, 1), act: 2 as const }]) {
         forEachIsa((isa) => {

@@ -190,9 +190,10 @@ function makeBackend(A: NativeAddon): Backend {
       return dx;
     },
     conv2dBackwardBoth(dy: F32, x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null): { dx: F32; dw: F32 } | null {
-      if (!isPointwise(g)) return null;
+      const depthwise = g.groups === g.c && g.o === g.c && g.c > 1;
+      if (!isPointwise(g) && !depthwise) return null;
       const dx = out(g.n * g.c * g.h * g.w);
-      const dw = out(g.o * g.c);
+      const dw = out(g.o * (g.c / g.groups) * g.kh * g.kw);
       if (A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0)) return { dx, dw };
       releaseOutput(dx);
       releaseOutput(dw);
