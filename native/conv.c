@@ -973,7 +973,9 @@ int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, co
                           const cn_conv_geom *g) {
 #if defined(CN_X86)
   if (tf && !cn_intf_supported(g)) abort(); /* callers check */
-  if (!pwd_applies(g) || g->c > 64) return 0;
+  /* (one input channel: the separate kernels take the depthwise path; fewer image chunks than
+   * threads: the separate input gradient uses every thread) */
+  if (!pwd_applies(g) || g->c > 64 || g->c < 2 || (g->n < BW_MAX_CHUNKS && g->n < cn_num_threads())) return 0;
   pwd_backward(dy, x, tf, dw, g, w, dx);
   return 1;
 #else

@@ -1200,7 +1200,11 @@ static void dw_bwd_both_task(void *ctx, long ch, int tid) {
 
 int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
                         const cn_conv_geom *g) {
-  if (K_isa != 2 || g->o != g->c || g->groups != g->c || g->oh * g->ow < 256) return 0;
+  ensure_k();
+  /* (fewer image chunks than threads: the separate input gradient uses every thread) */
+  if (K_isa != 2 || g->o != g->c || g->groups != g->c || g->oh * g->ow < 256 ||
+      (g->n < DW_MAX_CHUNKS && g->n < cn_num_threads()))
+    return 0;
   dw_both_job B;
   cn_dw_plan Pw, Pi;
   cn_dw_sp_plan SPw, SPi;
