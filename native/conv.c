@@ -575,6 +575,20 @@ static void col2im_task(void *ctx, long t, int tid) {
   }
 }
 
+/* the pointwise input gradient of group gr as one GEMM over n images (dy, dx: the first one's):
+ * dX[gr] (cg x n*P) = W[gr]^T (cg x og) * dY[gr] (og x n*P), W^T read in place */
+static void pw_input_gemm(cn_gemm *G, im2col_ctx *s, const float *dy, const float *w, float *dx, const cn_conv_geom *g,
+                          long gr, long n) {
+  const long cg = g->c / g->groups, og = g->o / g->groups, P = g->oh * g->ow;
+  im2col_init(s, dy, g->o, g->oh, g->ow, gr * og, 1, 1, 1, 1, 0, 0, g->oh, g->ow);
+  cn_gemm_init_strided(G, cg, n * P, og, w + gr * og * cg, 1, cg, NULL, 0, 0, dx + gr * cg * P, P);
+  G->pack_b = pack_b_im2col;
+  G->b_direct = bdirect_pw;
+  G->bctx = s;
+  G->seg_len = P;
+  G->seg_stride = g->c * P;
+}
+
 void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g) {
   const long cg = g->c / g->groups, og = g->o / g->groups;
   if (cg == 1) {
@@ -583,17 +597,10 @@ void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const 
   }
   const long P = g->oh * g->ow, Kg = cg * g->kh * g->kw;
   if (g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0) {
-    /* pointwise: dX[g] (cg x N*P) = W[g]^T (cg x og) * dY[g] (og x N*P), W^T read in place */
     for (long gr = 0; gr < g->groups; gr++) {
       im2col_ctx s;
-      im2col_init(&s, dy, g->o, g->oh, g->ow, gr * og, 1, 1, 1, 1, 0, 0, g->oh, g->ow);
       cn_gemm G;
-      cn_gemm_init_strided(&G, cg, g->n * P, og, w + gr * og * cg, 1, cg, NULL, 0, 0, dx + gr * cg * P, P);
-      G.pack_b = pack_b_im2col;
-      G.b_direct = bdirect_pw;
-      G.bctx = &s;
-      G.seg_len = P;
-      G.seg_stride = g->c * P;
+      pw_input_gemm(&G, &s, dy, w, dx, g, gr, g->n);
       cn_gemm_parallel(&G);
     }
     return;
@@ -858,6 +865,7 @@ typedef struct {
    * after its weight-gradient tiles while its dy is in cache; w: the weights, apre: W^T packed */
   float *dx;
   const float *w, *apre;
+  const cn_conv_geom *g;
 } pwd_job;
 
 /* dx_n (C x P) = W^T (C x O) * dy_n (O x P): the pointwise input gradient of one image (the
@@ -925,22 +933,10 @@ static int pwd_applies(const cn_conv_geom *g) {
          g->o * g->c <= PWD_MAX_WEIGHTS;
 }
 
-/* W^T as the A operand of the pointwise input gradient: A(i = c, k = o) = w[o * C + c] */
-static void pwd_input_gemm(cn_gemm *G, im2col_ctx *s, const float *dy, const float *w, float *dx, long O, long C,
-                           long P, long N) {
-  im2col_init(s, dy, O, 1, P, 0, 1, 1, 1, 1, 0, 0, 1, P);
-  cn_gemm_init_strided(G, C, N * P, O, w, 1, C, NULL, 0, 0, dx, P);
-  G->pack_b = pack_b_im2col;
-  G->b_direct = bdirect_pw;
-  G->bctx = s;
-  G->seg_len = P;
-  G->seg_stride = C * P;
-}
-
 static void pwd_input_grad_one(const pwd_job *J, long n, int tid) {
   im2col_ctx s;
   cn_gemm G;
-  pwd_input_gemm(&G, &s, J->dy + n * J->O * J->P, J->w, J->dx + n * J->C * J->P, J->O, J->C, J->P, 1);
+  pw_input_gemm(&G, &s, J->dy + n * J->O * J->P, J->w, J->dx + n * J->C * J->P, J->g, 0, 1);
   G.apre = J->apre;
   cn_gemm_serial(&G, 0, J->C, 0, J->P, tid);
 }
@@ -952,12 +948,12 @@ static void pwd_backward(const float *dy, const float *x, const cn_intf *tf, flo
   const long count = g->o * g->c;
   float *part = cn_gws(CN_GWS_B, (size_t)(nchunks * count));
   if (!part) abort();
-  pwd_job J = {dy, x, tf, part, g->n, g->o, g->c, g->oh * g->ow, nchunks, dx, w, NULL};
+  pwd_job J = {dy, x, tf, part, g->n, g->o, g->c, g->oh * g->ow, nchunks, dx, w, NULL, g};
   float *apre = NULL;
   if (dx) { /* W^T packed once for every image's GEMM */
     im2col_ctx s;
     cn_gemm G;
-    pwd_input_gemm(&G, &s, dy, w, dx, g->o, g->c, g->oh * g->ow, g->n);
+    pw_input_gemm(&G, &s, dy, w, dx, g, 0, g->n);
     apre = cn_gws(CN_GWS_A, cn_gemm_apre_floats(&G));
     if (!apre) abort();
     cn_gemm_prepack_a(&G, apre);

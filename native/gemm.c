@@ -706,33 +706,23 @@ void cn_gemm_serial(const cn_gemm *g, long m0, long m1, long n0, long n1, int ti
       const cn_intf *tf;
       const long seg = j / g->seg_len, off = j % g->seg_len;
       const int direct = nr == NR && off + NR <= g->seg_len && g->b_direct(g, j, 0, &base, &bs, &tf, &ch0);
-      if (direct && tf) {
-        /* transformed values: the first row tile transforms and packs the panel as it reads it */
-        for (long t = 0; t < tiles; t++) {
-          const long i = m0 + t * MR;
-          const int mr = (int)(m1 - i < MR ? m1 - i : MR);
-          if (t == 0 && mr == MR)
-            ukr_avx512_8x32_bdirect_tf(K, bufA, base, bs, tf, ch0, bufB, g->c + seg * g->seg_stride + off + i * g->ldc,
-                                       g->ldc, overwrite);
-          else if (t == 0) {
-            ukr_avx512_8x32_bdirect_tf(K, bufA, base, bs, tf, ch0, bufB, tmp, NR, 1);
-            store_tile_general(g, tmp, i, j, mr, nr, overwrite);
-          } else
-            gemm_tile(g, K, bufA + t * K * MR, bufB, i, j, mr, nr, overwrite, 0, tmp);
-        }
-        continue;
-      }
       if (direct) {
         for (long t = 0; t < tiles; t++) {
           const long i = m0 + t * MR;
           const int mr = (int)(m1 - i < MR ? m1 - i : MR);
-          if (mr == MR)
-            ukr_avx512_8x32_bdirect(K, bufA + t * K * MR, base, bs, g->c + seg * g->seg_stride + off + i * g->ldc,
-                                    g->ldc, overwrite, t == 0);
-          else {
-            ukr_avx512_8x32_bdirect(K, bufA + t * K * MR, base, bs, tmp, NR, 1, t == 0);
-            store_tile_general(g, tmp, i, j, mr, nr, overwrite);
+          if (tf && t > 0) { /* the panel the first tile transformed and packed */
+            gemm_tile(g, K, bufA + t * K * MR, bufB, i, j, mr, nr, overwrite, 0, tmp);
+            continue;
           }
+          /* whole tiles straight into C, a partial one through the scratch tile */
+          float *cp = mr == MR ? g->c + seg * g->seg_stride + off + i * g->ldc : tmp;
+          const long ldc = mr == MR ? g->ldc : NR;
+          const int ow = mr == MR ? overwrite : 1;
+          if (tf) /* transformed values: the first row tile transforms and packs the panel */
+            ukr_avx512_8x32_bdirect_tf(K, bufA, base, bs, tf, ch0, bufB, cp, ldc, ow);
+          else
+            ukr_avx512_8x32_bdirect(K, bufA + t * K * MR, base, bs, cp, ldc, ow, t == 0);
+          if (mr < MR) store_tile_general(g, tmp, i, j, mr, nr, overwrite);
         }
         continue;
       }
