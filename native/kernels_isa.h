@@ -282,27 +282,22 @@ static ISA_ATTR void FN(bn_bw_apply_act)(const float *CN_RESTRICT dy, const floa
     const __m512 g_ = _mm512_maskz_mov_ps(k_, gv);                                                                     \
     out = _mm512_mul_ps(vkb, _mm512_fnmadd_ps(e_, vq, _mm512_sub_ps(g_, vmdy)));                                       \
   } while (0)
+#define CN_BWA_LOOP(STORE)                                                                                             \
+  for (; i + 32 <= hw; i += 32) {                                                                                      \
+    _mm_prefetch((const char *)(x + i + 256), _MM_HINT_T0);                                                            \
+    _mm_prefetch((const char *)(dy + i + 256), _MM_HINT_T0);                                                           \
+    __m512 r0, r1;                                                                                                     \
+    CN_BWA_VEC(_mm512_loadu_ps(x + i), _mm512_loadu_ps(dy + i), r0);                                                   \
+    CN_BWA_VEC(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(dy + i + 16), r1);                                         \
+    STORE(d + i, r0);                                                                                                  \
+    STORE(d + i + 16, r1);                                                                                             \
+  }
     if (nt && ((uintptr_t)d & 63) == 0) {
-      for (; i + 32 <= hw; i += 32) {
-        _mm_prefetch((const char *)(x + i + 256), _MM_HINT_T0);
-        _mm_prefetch((const char *)(dy + i + 256), _MM_HINT_T0);
-        __m512 r0, r1;
-        CN_BWA_VEC(_mm512_loadu_ps(x + i), _mm512_loadu_ps(dy + i), r0);
-        CN_BWA_VEC(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(dy + i + 16), r1);
-        _mm512_stream_ps(d + i, r0);
-        _mm512_stream_ps(d + i + 16, r1);
-      }
+      CN_BWA_LOOP(_mm512_stream_ps)
       _mm_sfence(); /* the streamed stores ordered before the pool's completion signal */
     }
-    for (; i + 32 <= hw; i += 32) {
-      _mm_prefetch((const char *)(x + i + 256), _MM_HINT_T0);
-      _mm_prefetch((const char *)(dy + i + 256), _MM_HINT_T0);
-      __m512 r0, r1;
-      CN_BWA_VEC(_mm512_loadu_ps(x + i), _mm512_loadu_ps(dy + i), r0);
-      CN_BWA_VEC(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(dy + i + 16), r1);
-      _mm512_storeu_ps(d + i, r0);
-      _mm512_storeu_ps(d + i + 16, r1);
-    }
+    CN_BWA_LOOP(_mm512_storeu_ps)
+#undef CN_BWA_LOOP
     for (; i < hw; i += 16) {
       const __mmask16 ld = hw - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (hw - i)) - 1u);
       __m512 r0;
