@@ -20,7 +20,7 @@
 
 #include "cn.h"
 
-#define CN_ADDON_VERSION 10
+#define CN_ADDON_VERSION 11
 #define MAXARGS 20
 
 static pthread_mutex_t g_call_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -431,9 +431,13 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
-/* conv2dBackwardPw(dy, x, w, dx, dw, g[, mean|null, scale, shift, act]): both gradients of a
- * pointwise or depthwise convolution in one pass (cn_conv2d_backward_pw, cn_dw_backward_both);
- * false (nothing computed) where it does not apply */
+/* conv2dBackwardPw(dy, x, w, dx, dw, g[, mean|null, scale, shift, act[, bnParts|null[, dtX|null,
+ * dtMean, dtScale, dtShift, dtCoef, dtAct]]]): both gradients of a pointwise or depthwise
+ * convolution in one pass (cn_conv2d_backward_pw, cn_dw_backward_both); 0 (nothing computed)
+ * where it does not apply, 1 done, 2 done and the batch norm + activation backward's partials of
+ * dx written to bnParts (depthwise). dtX..: dy is the apply pass of a batch norm + activation
+ * backward on the given dy (pointwise; bwtf_args) */
+static const cn_bwtf *bwtf_args(call_t *c, size_t i, const float *g, long n, long ch, long hw, cn_bwtf *t);
 static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   call_t c;
   if (!start(&c, env, info)) return NULL;
@@ -446,13 +450,22 @@ static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   float *dw = arr(&c, 4, napi_float32_array, (size_t)(g.o * (g.c / g.groups) * g.kh * g.kw), 0, "dw");
   cn_intf tfs;
   const cn_intf *tf = intf_args(&c, 6, &g, &tfs);
+  const long G = cn_bn_group_images(g.h * g.w);
+  float *bnp = arr(&c, 10, napi_float32_array, (size_t)(2 * ((g.n + G - 1) / G) * g.c), 1, "bnParts");
+  cn_bwtf dts;
+  const cn_bwtf *dt = is_nullish(&c, 11) ? NULL : bwtf_args(&c, 11, dy, g.n, g.o, g.oh * g.ow, &dts);
   if (c.failed) return NULL;
+  const int depthwise = g.groups == g.c && g.c > 1;
+  if (dt && depthwise) {
+    fail(&c, "convnets native: conv2dBackwardPw: no dy transform for a depthwise convolution");
+    return NULL;
+  }
   LOCK();
-  const int ok = g.groups == g.c && g.c > 1 ? cn_dw_backward_both(dy, x, tf, w, dx, dw, &g)
-                                            : cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g);
+  const int ok = depthwise ? cn_dw_backward_both(dy, x, tf, w, dx, dw, &g, bnp)
+                           : cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g, dt);
   UNLOCK();
   napi_value r;
-  napi_get_boolean(env, ok != 0, &r);
+  napi_create_int32(env, ok, &r);
   return r;
 }
 
@@ -583,6 +596,63 @@ static napi_value js_bn_backward_act(napi_env env, napi_callback_info info) {
   if (c.failed) return NULL;
   LOCK();
   cn_bn_backward_act(dy, x, mean, is, wt, scale, shift, dx, dw, db, n, ch, hw, act);
+  UNLOCK();
+  return undef(env);
+}
+
+/* bnBwCoefs(parts, invstd, weight|null, dweight, dbias, coef, n, c, hw): the batch norm +
+ * activation backward's parameter gradients and apply coefficients (3c) from the partials of
+ * conv2dBackwardPw */
+static napi_value js_bn_bw_coefs(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  const long n = inum(&c, 6), ch = inum(&c, 7), hw = inum(&c, 8);
+  if (c.failed) return NULL;
+  const long G = cn_bn_group_images(hw);
+  const float *parts = arr(&c, 0, napi_float32_array, (size_t)(2 * ((n + G - 1) / G) * ch), 0, "parts");
+  const float *is = arr(&c, 1, napi_float32_array, (size_t)ch, 0, "invstd");
+  const float *wt = arr(&c, 2, napi_float32_array, (size_t)ch, 1, "weight");
+  float *dw = arr(&c, 3, napi_float32_array, (size_t)ch, 0, "dweight");
+  float *db = arr(&c, 4, napi_float32_array, (size_t)ch, 0, "dbias");
+  float *coef = arr(&c, 5, napi_float32_array, (size_t)(3 * ch), 0, "coef");
+  if (c.failed) return NULL;
+  LOCK();
+  cn_bn_bw_coefs(parts, is, wt, dw, db, coef, n, ch, hw);
+  UNLOCK();
+  return undef(env);
+}
+
+/* the transform of a batch norm + activation backward's apply pass: arguments i .. i+5 = x,
+ * mean, scale, shift, coef, act (g: the gradient it applies to, n images) */
+static const cn_bwtf *bwtf_args(call_t *c, size_t i, const float *g, long n, long ch, long hw, cn_bwtf *t) {
+  const size_t tot = (size_t)(n * ch * hw);
+  t->g = g;
+  t->x = arr(c, i, napi_float32_array, tot, 0, "batch norm input");
+  t->mean = arr(c, i + 1, napi_float32_array, (size_t)ch, 0, "mean");
+  t->ka = arr(c, i + 2, napi_float32_array, (size_t)ch, 0, "scale");
+  t->kt = arr(c, i + 3, napi_float32_array, (size_t)ch, 0, "shift");
+  t->coef = arr(c, i + 4, napi_float32_array, (size_t)(3 * ch), 0, "coef");
+  t->act = act_arg(c, i + 5);
+  if (!c->failed && t->act == 0) fail(c, "convnets native: the batch norm backward transform needs an activation");
+  t->c = ch;
+  t->hw = hw;
+  return c->failed ? NULL : t;
+}
+
+/* bnBwApply(g, x, mean, scale, shift, coef, act, dx, n, c, hw) */
+static napi_value js_bn_bw_apply(napi_env env, napi_callback_info info) {
+  call_t c;
+  if (!start(&c, env, info)) return NULL;
+  const long n = inum(&c, 8), ch = inum(&c, 9), hw = inum(&c, 10);
+  if (c.failed) return NULL;
+  const size_t tot = (size_t)(n * ch * hw);
+  const float *g = arr(&c, 0, napi_float32_array, tot, 0, "dy");
+  cn_bwtf t;
+  bwtf_args(&c, 1, g, n, ch, hw, &t);
+  float *dx = arr(&c, 7, napi_float32_array, tot, 0, "dx");
+  if (c.failed) return NULL;
+  LOCK();
+  cn_bn_bw_apply(&t, dx, n);
   UNLOCK();
   return undef(env);
 }
@@ -973,6 +1043,8 @@ NAPI_MODULE_INIT() {
       {"bnGroupImages", js_bn_group_images},
       {"bnApply", js_bn_apply},
       {"bnBackwardAct", js_bn_backward_act},
+      {"bnBwCoefs", js_bn_bw_coefs},
+      {"bnBwApply", js_bn_bw_apply},
       {"elementwise", js_elementwise},
       {"maxPool", js_maxpool},
       {"maxPoolBackward", js_maxpool_bwd},

@@ -183,17 +183,28 @@ void cn_conv_direct_backward_weight(const float *dy, const float *x, float *dw, 
 int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, const float *bd, const float *md,
                    const float *sd, const float *td, int actd, const float *w, float *y, const cn_conv_geom *g,
                    const cn_epilogue *epi);
+/* The batch norm + activation (act 1 or 2) backward's apply pass, dx = kb * (g * mask - mdy -
+ * (x - mean) * q) per channel, mask where 0 < (x - mean) * ka + kt (< 6): g (n, c, hw) the
+ * activation output's gradient, x the batch norm's input, coef = kb (c) | mdy (c) | q (c). */
+typedef struct {
+  const float *g, *x, *mean, *ka, *kt, *coef;
+  long c, hw;
+  int act;
+} cn_bwtf;
 /* Both gradients of a pointwise convolution in one pass over dy where the dot-product weight
  * gradient applies (AVX-512, 16x16 planes and up, few input channels): each image's input
  * gradient right after its weight-gradient tiles, its dy still in cache. The same floats as
  * cn_conv2d_backward_input and cn_conv2d_backward_weight_tf. Returns 0 (nothing computed)
- * elsewhere. */
+ * elsewhere. dt: dy is that batch norm + activation backward's dx (dy itself unused), computed
+ * image by image into the thread's scratch (cn_bn_bw_apply_rows) instead of read. */
 int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
-                          const cn_conv_geom *g);
+                          const cn_conv_geom *g, const cn_bwtf *dt);
 /* The same for a depthwise convolution (kernels.c): channel multiplier 1, planes of 256 values
- * and up, AVX-512; 0 elsewhere. */
+ * and up, AVX-512; 0 elsewhere. With bnp (2 * ceil(n / cn_bn_group_images(h * w)) * c floats)
+ * and a transform with an activation, also the partials of that batch norm + activation's
+ * backward for dx (cn_bn_bw_coefs); returns 2 when it computed them. */
 int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
-                        const cn_conv_geom *g);
+                        const cn_conv_geom *g, float *bnp);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 /* MobileNetV2's inverted residual block in inference, one image at a time with the two expanded
  * intermediates in per-thread scratch (never stored): y = e3(pointwise g3 (w3) of
@@ -232,6 +243,14 @@ void cn_bn_apply(const float *x, const float *mean, const float *scale, const fl
 void cn_bn_backward_act(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
                         const float *ka, const float *kt, float *dx, float *dw, float *db, long n, long c, long hw,
                         int act);
+/* coef, and the parameter gradients dw and db, from the reductions' per-group partials computed
+ * by the kernel that produced g (cn_dw_backward_both's bnp): the values cn_bn_backward_act
+ * computes */
+void cn_bn_bw_coefs(const float *parts, const float *invstd, const float *wt, float *dw, float *db, float *coef,
+                    long n, long c, long hw);
+/* the apply pass over n images into dx, or image n's planes c0 .. c1 - 1 into dst */
+void cn_bn_bw_apply(const cn_bwtf *t, float *dx, long n);
+void cn_bn_bw_apply_rows(const cn_bwtf *t, long n, long c0, long c1, float *dst);
 void cn_bn_backward(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
                     float *dx, float *dw, float *db, long n, long c, long hw);
 

@@ -866,11 +866,12 @@ typedef struct {
   float *dx;
   const float *w, *apre;
   const cn_conv_geom *g;
+  const cn_bwtf *dt; /* dy computed image by image from a batch norm + activation backward, or NULL */
 } pwd_job;
 
 /* dx_n (C x P) = W^T (C x O) * dy_n (O x P): the pointwise input gradient of one image (the
  * GEMM of cn_conv2d_backward_input on its columns: the same floats) */
-static void pwd_input_grad_one(const pwd_job *J, long n, int tid);
+static void pwd_input_grad_one(const pwd_job *J, const float *dn, long n, int tid);
 
 static CONV_A512 void pwd_chunk_task(void *ctx, long ch, int tid) {
   const pwd_job *J = (const pwd_job *)ctx;
@@ -879,10 +880,12 @@ static CONV_A512 void pwd_chunk_task(void *ctx, long ch, int tid) {
   const long to = (O + PWD_R1 - 1) / PWD_R1, tc = (C + PWD_R2 - 1) / PWD_R2;
   float *acc = cn_ws(tid, CN_WS_TMP, (size_t)(to * tc * PWD_ACC));
   float *xs = J->tf ? cn_ws(tid, CN_WS_TMP2, (size_t)(C * P)) : NULL;
-  if (!acc || (J->tf && !xs)) abort();
+  float *ds = J->dt ? cn_ws(tid, CN_WS_BLK1, (size_t)(O * P)) : NULL;
+  if (!acc || (J->tf && !xs) || (J->dt && !ds)) abort();
   memset(acc, 0, sizeof(float) * (size_t)(to * tc * PWD_ACC));
   for (long n = n0; n < n1; n++) {
     const float *xn = J->x + n * C * P, *dn = J->dy + n * O * P;
+    if (J->dt) dn = ds; /* this image's dy, computed into the L2 block by block below */
     if (J->tf) { /* this image's transformed input, once */
       cn_intf_rows(J->tf, xn, P, xs, P, C, P, 0, 1);
       xn = xs;
@@ -891,19 +894,26 @@ static CONV_A512 void pwd_chunk_task(void *ctx, long ch, int tid) {
       const long o0 = ob * PWD_R1, r1 = O - o0 < PWD_R1 ? O - o0 : PWD_R1;
       /* the next block of dy rows (the next image's first at the end: dy is contiguous),
        * prefetched along this block's tiles */
-      const char *next = (const char *)(dn + (o0 + PWD_R1) * P);
+      /* with dt: this block's dy rows computed from the gradient and the batch norm's input, and
+       * the next block's rows of both prefetched along the tiles (memory and compute overlap) */
+      if (J->dt) cn_bn_bw_apply_rows(J->dt, n, o0, o0 + r1, ds + o0 * P);
+      const char *next = J->dt ? (const char *)(J->dt->g + (n * O + o0 + PWD_R1) * P)
+                               : (const char *)(dn + (o0 + PWD_R1) * P);
+      const char *nextx = J->dt ? (const char *)(J->dt->x + (n * O + o0 + PWD_R1) * P) : NULL;
       const long lines = ob + 1 < to || n + 1 < n1 ? PWD_R1 * P / 16 : 0, per_tile = (lines + tc - 1) / tc;
       for (long cb = 0; cb < tc; cb++) {
         const long c0 = cb * PWD_R2, r2 = C - c0 < PWD_R2 ? C - c0 : PWD_R2;
         const long l0 = cb * per_tile, nl = l0 >= lines ? 0 : lines - l0 < per_tile ? lines - l0 : per_tile;
         float *a = acc + (ob * tc + cb) * PWD_ACC;
+        if (nextx)
+          for (long l = l0; l < l0 + nl; l++) _mm_prefetch(nextx + l * 64, _MM_HINT_T0);
         if (r1 == PWD_R1 && r2 == PWD_R2)
           pwd_tile_full(dn + o0 * P, xn + c0 * P, P, a, next + l0 * 64, nl);
         else
           pwd_tile_edge(dn + o0 * P, xn + c0 * P, P, (int)r1, (int)r2, a);
       }
     }
-    if (J->dx) pwd_input_grad_one(J, n, tid);
+    if (J->dx) pwd_input_grad_one(J, dn, n, tid);
   }
   float *out = J->part + ch * O * C;
   for (long ob = 0; ob < to; ob++)
@@ -933,22 +943,22 @@ static int pwd_applies(const cn_conv_geom *g) {
          g->o * g->c <= PWD_MAX_WEIGHTS;
 }
 
-static void pwd_input_grad_one(const pwd_job *J, long n, int tid) {
+static void pwd_input_grad_one(const pwd_job *J, const float *dn, long n, int tid) {
   im2col_ctx s;
   cn_gemm G;
-  pw_input_gemm(&G, &s, J->dy + n * J->O * J->P, J->w, J->dx + n * J->C * J->P, J->g, 0, 1);
+  pw_input_gemm(&G, &s, dn, J->w, J->dx + n * J->C * J->P, J->g, 0, 1);
   G.apre = J->apre;
   cn_gemm_serial(&G, 0, J->C, 0, J->P, tid);
 }
 
 static void pwd_backward(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g,
-                         const float *w, float *dx) {
+                         const float *w, float *dx, const cn_bwtf *dt) {
   long nchunks = 1; /* a power of two, at most the batch (depends on the shape only) */
   while (nchunks * 2 <= BW_MAX_CHUNKS && nchunks * 2 <= g->n) nchunks *= 2;
   const long count = g->o * g->c;
   float *part = cn_gws(CN_GWS_B, (size_t)(nchunks * count));
   if (!part) abort();
-  pwd_job J = {dy, x, tf, part, g->n, g->o, g->c, g->oh * g->ow, nchunks, dx, w, NULL, g};
+  pwd_job J = {dy, x, tf, part, g->n, g->o, g->c, g->oh * g->ow, nchunks, dx, w, NULL, g, dt};
   float *apre = NULL;
   if (dx) { /* W^T packed once for every image's GEMM */
     im2col_ctx s;
@@ -966,16 +976,16 @@ static void pwd_backward(const float *dy, const float *x, const cn_intf *tf, flo
 #endif
 
 int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
-                          const cn_conv_geom *g) {
+                          const cn_conv_geom *g, const cn_bwtf *dt) {
 #if defined(CN_X86)
   if (tf && !cn_intf_supported(g)) abort(); /* callers check */
   /* (one input channel: the separate kernels take the depthwise path; fewer image chunks than
    * threads: the separate input gradient uses every thread) */
   if (!pwd_applies(g) || g->c > 64 || g->c < 2 || (g->n < BW_MAX_CHUNKS && g->n < cn_num_threads())) return 0;
-  pwd_backward(dy, x, tf, dw, g, w, dx);
+  pwd_backward(dy, x, tf, dw, g, w, dx, dt);
   return 1;
 #else
-  (void)dy, (void)x, (void)tf, (void)w, (void)dx, (void)dw, (void)g;
+  (void)dy, (void)x, (void)tf, (void)w, (void)dx, (void)dw, (void)g, (void)dt;
   return 0;
 #endif
 }
@@ -998,7 +1008,7 @@ void cn_conv2d_backward_weight_tf(const float *dy, const float *x, const cn_intf
   }
 #if defined(CN_X86)
   if (pwd_applies(g)) {
-    pwd_backward(dy, x, tf, dw, g, NULL, NULL);
+    pwd_backward(dy, x, tf, dw, g, NULL, NULL, NULL);
     return;
   }
 #endif

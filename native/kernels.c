@@ -33,6 +33,9 @@ typedef struct {
                      const float *m, const float *k, const float *bt, int act, double *sdy, double *sdyx); /* NULL: per channel */
   void (*dot2_planes)(const float *dy, const float *x, long hw, long count, long stride, float m, float k, float bt,
                       int act, double *sdy, double *sdyx);
+  /* AVX-512 only (NULL otherwise): dot2_planes one plane at a time (kernels_isa.h) */
+  void (*dot2_acc)(const float *dy, const float *x, long hw, float m, float k, float bt, int act, float *acc);
+  void (*dot2_fin)(const float *acc, float *sdy, float *sdyx);
   void (*dot2_act)(const float *dy, const float *x, long n, float m, float k, float bt, int act, float *sdy,
                    float *sdyx);
   void (*bn_bw_apply_act)(const float *dy, const float *x, float *d, long hw, float m, float kb, float mdy, float q,
@@ -458,6 +461,19 @@ void cn_bn_eval(const float *x, const float *mean, const float *var, const float
  * channels read in both passes) */
 #define BN_BW_L2_BUDGET (1L << 19)
 
+/* channel ci's parameter gradients (into J) and apply coefficients from its sums of dy and
+ * dy * (x - mean) (cnt values) */
+static void bn_bw_coefs(const bn_job *J, long ci, double sdy, double sdyx, double cnt, float *kk, float *mdy,
+                        float *q) {
+  const double is = J->invstd[ci];
+  const double sx = sdyx * is; /* sum dy * xhat */
+  J->dw[ci] = (float)sx;
+  J->db[ci] = (float)sdy;
+  *kk = (J->wt ? J->wt[ci] : 1.0f) * (float)is;
+  *mdy = (float)(sdy / cnt);
+  *q = (float)(sx / cnt * is);
+}
+
 static void bn_bw_chan_task(void *ctx, long t, int tid) {
   (void)tid;
   const bn_job *J = (const bn_job *)ctx;
@@ -484,15 +500,8 @@ static void bn_bw_chan_task(void *ctx, long t, int tid) {
                           J->act ? J->ka[ci] : 0.0f, J->act ? J->kt[ci] : 0.0f, J->act, &sdy[ci - b0],
                           &sdyx[ci - b0]);
       }
-      for (long ci = b0; ci < b1; ci++) {
-        const double is = J->invstd[ci];
-        const double sx = sdyx[ci - b0] * is; /* sum dy * xhat */
-        J->dw[ci] = (float)sx;
-        J->db[ci] = (float)sdy[ci - b0];
-        kk[ci - b0] = (J->wt ? J->wt[ci] : 1.0f) * (float)is;
-        mdy[ci - b0] = (float)(sdy[ci - b0] / cnt);
-        q[ci - b0] = (float)(sx / cnt * is);
-      }
+      for (long ci = b0; ci < b1; ci++)
+        bn_bw_coefs(J, ci, sdy[ci - b0], sdyx[ci - b0], cnt, &kk[ci - b0], &mdy[ci - b0], &q[ci - b0]);
       if (J->act && K.bn_bw_apply_act_v && hw < 16) {
         /* per-element coefficients over the block's planes: one vector loop per image */
         const long bl = (b1 - b0) * hw;
@@ -527,12 +536,8 @@ static void bn_bw_chan_task(void *ctx, long t, int tid) {
     double sdy = 0.0, sdyx = 0.0;
     K.dot2_planes(J->dy + ci * hw, J->x + ci * hw, hw, n, c * hw, m, J->act ? J->ka[ci] : 0.0f,
                   J->act ? J->kt[ci] : 0.0f, J->act, &sdy, &sdyx);
-    const double is = J->invstd[ci];
-    sdyx *= is; /* sum dy * xhat */
-    J->dw[ci] = (float)sdyx;
-    J->db[ci] = (float)sdy;
-    const float kk = (J->wt ? J->wt[ci] : 1.0f) * (float)is;
-    const float mdy = (float)(sdy / cnt), q = (float)(sdyx / cnt * is);
+    float kk, mdy, q;
+    bn_bw_coefs(J, ci, sdy, sdyx, cnt, &kk, &mdy, &q);
     for (long ni = 0; ni < n; ni++) {
       const long off = (ni * c + ci) * hw;
       if (ni + 1 < n) {
@@ -579,6 +584,74 @@ void cn_bn_backward_act(const float *dy, const float *x, const float *mean, cons
   if (cpt < 1) cpt = 1;
   J.cpt = cpt;
   run_tasks((c + cpt - 1) / cpt, bn_bw_chan_task, &J, 2 * n * c * hw);
+}
+
+/* ---- the backward with its reductions done by the kernel that produced dy --------------------
+ * parts[(grp * c + ci) * 2 + 0 / 1]: the sums of g and g * (x - mean) over image group grp
+ * (cn_bn_group_images(hw) images) of channel ci, as the reduction kernels compute them per group
+ * (cn_dw_backward_both); from them the parameter gradients and the apply pass's coefficients
+ * (cn_bn_bw_coefs), then the apply pass, a stream over the planes (cn_bn_bw_apply), or image by
+ * image inside the kernel that consumes dx (cn_bn_bw_apply_rows). */
+void cn_bn_bw_coefs(const float *parts, const float *invstd, const float *wt, float *dw, float *db, float *coef,
+                    long n, long c, long hw) {
+  bn_job J;
+  memset(&J, 0, sizeof(J));
+  J.invstd = invstd;
+  J.wt = wt;
+  J.dw = dw;
+  J.db = db;
+  const long G = bn_group_planes(hw), ng = (n + G - 1) / G;
+  const double cnt = (double)n * (double)hw;
+  for (long ci = 0; ci < c; ci++) {
+    double sdy = 0.0, sdyx = 0.0; /* in group order, as dot2_planes adds them */
+    for (long grp = 0; grp < ng; grp++) {
+      sdy += (double)parts[(grp * c + ci) * 2];
+      sdyx += (double)parts[(grp * c + ci) * 2 + 1];
+    }
+    bn_bw_coefs(&J, ci, sdy, sdyx, cnt, &coef[ci], &coef[c + ci], &coef[2 * c + ci]);
+  }
+}
+
+/* planes [p0, p1) of image n's c planes into d (hw apart) */
+static void bn_bw_apply_planes(const cn_bwtf *t, long n, long p0, long p1, float *d, int nt) {
+  const long c = t->c, hw = t->hw;
+  for (long ci = p0; ci < p1; ci++) {
+    const long off = (n * c + ci) * hw;
+    K.bn_bw_apply_act(t->g + off, t->x + off, d + (ci - p0) * hw, hw, t->mean[ci], t->coef[ci], t->coef[c + ci],
+                      t->coef[2 * c + ci], t->ka[ci], t->kt[ci], t->act, nt);
+  }
+}
+
+void cn_bn_bw_apply_rows(const cn_bwtf *t, long n, long c0, long c1, float *dst) {
+  ensure_k();
+  bn_bw_apply_planes(t, n, c0, c1, dst, 0);
+}
+
+typedef struct {
+  const cn_bwtf *t;
+  float *dx;
+  long per, total;
+  int nt;
+} bn_bw_apply_job;
+
+static void bn_bw_apply_task(void *ctx, long k, int tid) {
+  (void)tid;
+  const bn_bw_apply_job *A = (const bn_bw_apply_job *)ctx;
+  const long c = A->t->c;
+  const long p0 = k * A->per, p1 = p0 + A->per < A->total ? p0 + A->per : A->total;
+  for (long pl = p0; pl < p1;) { /* runs of planes inside one image */
+    const long n = pl / c, ci = pl % c, end = (n + 1) * c < p1 ? (n + 1) * c : p1;
+    bn_bw_apply_planes(A->t, n, ci, ci + end - pl, A->dx + pl * A->t->hw, A->nt);
+    pl = end;
+  }
+}
+
+void cn_bn_bw_apply(const cn_bwtf *t, float *dx, long n) {
+  ensure_k();
+  const long total = n * t->c;
+  bn_bw_apply_job A = {t, dx, apply_planes_per_task(t->hw), total,
+                       larger_than_llc(4.0 * (double)total * (double)t->hw)};
+  run_tasks((total + A.per - 1) / A.per, bn_bw_apply_task, &A, total * t->hw);
 }
 
 void cn_bn_backward(const float *dy, const float *x, const float *mean, const float *invstd, const float *wt,
@@ -1173,6 +1246,8 @@ void cn_dw_backward_weight_tf(const float *dy, const float *x, const cn_intf *tf
 typedef struct {
   dw_job w, i;   /* the weight-gradient and input-gradient jobs */
   float *wfl;    /* flipped kernels (stride 1) */
+  float *bnp;    /* the batch-norm backward's partials of dx (see cn_dw_backward_both), or NULL */
+  long G;        /* their image groups */
 } dw_both_job;
 
 static void dw_bwd_both_task(void *ctx, long ch, int tid) {
@@ -1184,6 +1259,10 @@ static void dw_bwd_both_task(void *ctx, long ch, int tid) {
   for (long q = 0; q < g->o * khw; q++) acc[q] = 0.0;
   const long n0 = ch * g->n / J->nchunks, n1 = (ch + 1) * g->n / J->nchunks;
   dw_run R = {0, 0, 0, NULL};
+  const cn_intf *tf = J->tf;
+  /* the partials' accumulators: per channel while a group of several images is walked */
+  float one[64], *bacc = B->G > 1 ? cn_ws(tid, CN_WS_BLK1, (size_t)(64 * g->c)) : one;
+  if (!bacc) abort();
   for (long n = n0; n < n1; n++)
     for (long oc = 0; oc < g->o; oc++) {
       dw_wgrad_one(J, &R, n, oc, acc + oc * khw, tid);
@@ -1195,11 +1274,20 @@ static void dw_bwd_both_task(void *ctx, long ch, int tid) {
         cn_dw_w16_plane_avx512(dyp, B->wfl + oc * khw, 0.0f, dxp, g->oh, g->ow, g->kh - 1 - g->ph, g->h, 0, NULL);
       else
         cn_dw_s1_plane_avx512(dyp, B->wfl + oc * khw, 0.0f, dxp, I->plan, 0, NULL);
+      if (B->bnp) { /* this dx plane (in the L1) with its x plane (just transformed) */
+        float *a = B->G > 1 ? bacc + 64 * oc : bacc;
+        if (n % B->G == 0) memset(a, 0, 64 * sizeof(float));
+        K.dot2_acc(dxp, J->x + (n * g->c + oc) * hw, hw, tf->mean[oc], tf->scale[oc], tf->shift[oc], tf->act, a);
+        if ((n + 1) % B->G == 0 || n + 1 == g->n) {
+          const long grp = n / B->G;
+          K.dot2_fin(a, &B->bnp[(grp * g->c + oc) * 2], &B->bnp[(grp * g->c + oc) * 2 + 1]);
+        }
+      }
     }
 }
 
 int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
-                        const cn_conv_geom *g) {
+                        const cn_conv_geom *g, float *bnp) {
   ensure_k();
   /* (fewer image chunks than threads: the separate input gradient uses every thread) */
   if (K_isa != 2 || g->o != g->c || g->groups != g->c || g->oh * g->ow < 256 ||
@@ -1226,11 +1314,17 @@ int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, cons
   if (!B.wfl) abort();
   for (long c = 0; c < g->c; c++)
     for (long q = 0; q < khw; q++) B.wfl[c * khw + q] = w[c * khw + khw - 1 - q];
+  /* the partials when asked for, with an activation in the transform (the batch norm + activation
+   * backward's), and every image group inside one chunk of images (a task) */
+  B.G = bn_group_planes(g->h * g->w);
+  B.bnp = bnp && tf && tf->act ? bnp : NULL;
+  for (long ch = 1; B.bnp && ch < B.w.nchunks; ch++)
+    if ((ch * g->n / B.w.nchunks) % B.G != 0) B.bnp = NULL;
   run_tasks(B.w.nchunks, dw_bwd_both_task, &B, 2 * g->n * g->o * g->oh * g->ow);
   free(B.wfl);
   dw_job_release(&B.i);
   dw_bwd_w_finish(&B.w, dw);
-  return 1;
+  return B.bnp ? 2 : 1;
 }
 
 /* Run fn(ctx, plane) for every plane, several planes per pool task (about 16K floats each). */

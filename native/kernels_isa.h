@@ -598,6 +598,28 @@ static ISA_ATTR void FN(dot2_block)(const float *dy, const float *x, long hw, lo
 }
 #endif
 
+#if defined(ISA_AVX) && LANES == 32
+/* dot2_planes' accumulation of one plane into a group's accumulators kept in memory (acc: a0 a1
+ * b0 b1, 64 floats): for a kernel that produces the planes of a group one at a time, apart
+ * (cn_dw_backward_both); the same operations in the same order */
+static ISA_ATTR void FN(dot2_acc)(const float *dy, const float *x, long hw, float m, float k, float bt, int act,
+                                  float *acc) {
+  __m512 a0 = _mm512_loadu_ps(acc), a1 = _mm512_loadu_ps(acc + 16), b0 = _mm512_loadu_ps(acc + 32),
+         b1 = _mm512_loadu_ps(acc + 48);
+  FN(plane_dot2)(dy, x, hw, _mm512_set1_ps(m), _mm512_set1_ps(k), _mm512_set1_ps(bt), act, &a0, &a1, &b0, &b1);
+  _mm512_storeu_ps(acc, a0);
+  _mm512_storeu_ps(acc + 16, a1);
+  _mm512_storeu_ps(acc + 32, b0);
+  _mm512_storeu_ps(acc + 48, b1);
+}
+/* the group's two sums from dot2_acc's accumulators, as dot2_planes reduces them (floats: what
+ * dot2_planes adds to its double sums) */
+static ISA_ATTR void FN(dot2_fin)(const float *acc, float *sdy, float *sdyx) {
+  *sdy = (float)FN(hsum512d)(_mm512_add_ps(_mm512_loadu_ps(acc), _mm512_loadu_ps(acc + 16)));
+  *sdyx = (float)FN(hsum512d)(_mm512_add_ps(_mm512_loadu_ps(acc + 32), _mm512_loadu_ps(acc + 48)));
+}
+#endif
+
 /* ---- elementwise -------------------------------------------------------------------------------- */
 
 static ISA_ATTR void FN(ew)(int op, const float *CN_RESTRICT a, const float *CN_RESTRICT b, float *CN_RESTRICT y,
@@ -961,6 +983,13 @@ static void FN(fill_table)(cn_ktab *t) {
   t->dot2_block = NULL;
 #endif
   t->dot2_planes = FN(dot2_planes);
+#if defined(ISA_AVX) && LANES == 32
+  t->dot2_acc = FN(dot2_acc);
+  t->dot2_fin = FN(dot2_fin);
+#else
+  t->dot2_acc = NULL;
+  t->dot2_fin = NULL;
+#endif
   t->dot2_act = FN(dot2_act);
   t->bn_bw_apply_act = FN(bn_bw_apply_act);
   t->bn_bw_apply_row = FN(bn_bw_apply_row);

@@ -2,7 +2,8 @@
 // fixtures (test/fixtures, made by scripts/gen_fixtures.py), run on EVERY available backend.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { F, Tensor, listBackends, models, nn, noGrad, optim, setBackend, tensor } from '../src/index.js';
+import { F, Tensor, getBackend, listBackends, models, nn, noGrad, optim, setBackend, tensor } from '../src/index.js';
+import { nativeIsa } from '../src/backend/native.js';
 import { assertClose, fixture, get, has, l2, relL2, sample } from './helpers/compare.js';
 import { formulaInput, formulaStateDict, formulaTargets, parseStateKeys, STREAM_INPUT_CALIB, STREAM_INPUT_EVAL, STREAM_INPUT_TRAIN } from './helpers/formula.js';
 import type { SafetensorsFile } from '../src/io/safetensors.js';
@@ -10,6 +11,16 @@ import type { SafetensorsFile } from '../src/io/safetensors.js';
 // Ops are small and computed by PyTorch in float64: float32 kernels must agree to ~1e-6;
 // 1e-5 leaves room for a different (blocked, multi-threaded) summation order.
 const OP_TOL = 1e-5;
+
+/** Values from a fixed linear congruential sequence: rnd(n, scale, off) in off ± scale. */
+function lcg(seed: number): (n: number, scale: number, off?: number) => Float32Array {
+  let s = seed;
+  return (n, scale, off = 0) =>
+    Float32Array.from({ length: n }, () => {
+      s = (s * 1103515245 + 12345) % 2147483648;
+      return off + scale * (s / 1073741824 - 1);
+    });
+}
 
 function meta(f: SafetensorsFile, key: string): Record<string, unknown> {
   return JSON.parse(f.metadata[key]) as Record<string, unknown>;
@@ -143,11 +154,7 @@ function opTests(): void {
     // reading (forward and weight gradient). Reading the activation's values first stores it
     // (the unfused path): both must give the same floats.
     const run = (store: boolean): Float32Array[] => {
-      let s = 7;
-      const rnd = (n: number, scale: number, off = 0): Float32Array => Float32Array.from({ length: n }, () => {
-        s = (s * 1103515245 + 12345) % 2147483648;
-        return off + scale * (s / 1073741824 - 1);
-      });
+      const rnd = lcg(7);
       const x = tensor(rnd(2 * 8 * 8 * 8, 3), [2, 8, 8, 8], { requiresGrad: true });
       const g1 = tensor(rnd(8, 0.5, 1), [8], { requiresGrad: true });
       const b1 = tensor(rnd(8, 1), [8], { requiresGrad: true });
@@ -169,6 +176,53 @@ function opTests(): void {
     const fused = run(false);
     const stored = run(true);
     const names = ['output', 'relu6 output', 'relu output', 'x.grad', 'bn1.weight.grad', 'bn1.bias.grad', 'dw.weight.grad', 'bn2.weight.grad', 'bn2.bias.grad', 'pw.weight.grad'];
+    fused.forEach((a, k) => {
+      assert.ok(l2(a) > 0, `${names[k]}: not all zeros`);
+      for (let i = 0; i < a.length; i++) if (a[i] !== stored[k][i]) assert.fail(`${names[k]}[${i}]: ${a[i]} (fused) != ${stored[k][i]} (stored)`);
+    });
+  });
+
+  test('batch norm + activation backward handed from a depthwise to the pointwise convolution before it (MobileNetV2\'s expansion): the same values and gradients as stored', () => {
+    // Training fusion: the depthwise convolution's backward computes the reductions of the batch
+    // norm + activation before it, and the pointwise convolution that produced that batch norm's
+    // input applies its backward while reading (the batch norm's dx never stored). Reading the
+    // activation's values first stores it (the unfused path): both must give the same floats.
+    let calls = 0;
+    const run = (store: boolean): Float32Array[] => {
+      const rnd = lcg(11);
+      const x = tensor(rnd(2 * 4 * 32 * 32, 2), [2, 4, 32, 32], { requiresGrad: true });
+      const we = tensor(rnd(12 * 4, 0.5), [12, 4, 1, 1], { requiresGrad: true });
+      const g1 = tensor(rnd(12, 0.5, 1), [12], { requiresGrad: true });
+      const b1 = tensor(rnd(12, 1), [12], { requiresGrad: true });
+      const wd = tensor(rnd(12 * 9, 0.5), [12, 1, 3, 3], { requiresGrad: true });
+      const g2 = tensor(rnd(12, 0.5, 1), [12], { requiresGrad: true });
+      const b2 = tensor(rnd(12, 1), [12], { requiresGrad: true });
+      const wp = tensor(rnd(6 * 12, 0.5), [6, 12, 1, 1], { requiresGrad: true });
+      const opts = { training: true, momentum: 0.1, eps: 1e-5 };
+      const y = F.relu6(F.batchNorm(F.conv2d(x, we), null, null, g1, b1, opts));
+      if (store) void y.values;
+      const u = F.relu6(F.batchNorm(F.conv2d(y, wd, null, { padding: 1, groups: 12 }), null, null, g2, b2, opts));
+      const v = F.conv2d(u, wp);
+      F.sum(F.mul(v, tensor(rnd(v.size, 1), v.shape))).backward();
+      return [v.values, ...[x, we, g1, b1, wd, g2, b2, wp].map((p) => p.grad!.values)];
+    };
+    // (counting the backend's calls that take the fused path)
+    const be = getBackend();
+    const both = be.conv2dBackwardBoth;
+    if (both) be.conv2dBackwardBoth = (...a) => {
+      const r = both.apply(be, a);
+      if (r !== null && a[6]) calls++;
+      return r;
+    };
+    let fused: Float32Array[];
+    try {
+      fused = run(false);
+    } finally {
+      if (both) be.conv2dBackwardBoth = both;
+    }
+    if (be.name === 'native' && nativeIsa() === 'avx512' && process.env.CONVNETS_FUSE_BN_BACKWARD !== '0') assert.equal(calls, 1, 'the fused path is tested');
+    const stored = run(true);
+    const names = ['output', 'x.grad', 'expand.weight.grad', 'bn1.weight.grad', 'bn1.bias.grad', 'dw.weight.grad', 'bn2.weight.grad', 'bn2.bias.grad', 'project.weight.grad'];
     fused.forEach((a, k) => {
       assert.ok(l2(a) > 0, `${names[k]}: not all zeros`);
       for (let i = 0; i < a.length; i++) if (a[i] !== stored[k][i]) assert.fail(`${names[k]}[${i}]: ${a[i]} (fused) != ${stored[k][i]} (stored)`);

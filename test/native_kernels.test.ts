@@ -572,6 +572,88 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     }
   });
 
+  test('batch norm + activation backward from the partials of the depthwise both-gradients pass == its own reductions, bit for bit', () => {
+    // [name, geometry of the depthwise convolution whose input transform is the batch norm + act,
+    //  whether partials are computed on AVX-512 (null: it depends on the thread count)]
+    const cases: [string, ConvGeom, boolean | null][] = [
+      ['32x32 (groups of one image)', convGeom(5, 12, 32, 32, 12, 3, 3, 1, 1, 1, 1, 12), true],
+      ['32x32 stride 2', convGeom(3, 10, 32, 32, 10, 3, 3, 2, 2, 1, 1, 10), true],
+      ['16x16, 64 images (groups of 4 images: 16 chunks of 4)', convGeom(64, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 8), true],
+      ['16x16, 40 images (16 chunks of 2 or 3 images: groups of 4 span chunks, no partials)', convGeom(40, 6, 16, 16, 6, 3, 3, 1, 1, 1, 1, 6), false],
+      ['16x16, 9 images (chunks of one image: no partials)', convGeom(9, 6, 16, 16, 6, 3, 3, 1, 1, 1, 1, 6), false],
+      ['20x20, 32 images (the stride-1 plan path; groups of 2 images)', convGeom(32, 8, 20, 20, 8, 3, 3, 1, 1, 1, 1, 8), true],
+      ['one image', convGeom(1, 8, 32, 32, 8, 3, 3, 1, 1, 1, 1, 8), null],
+    ];
+    for (const [name, g, computes] of cases) {
+      const hw = g.h * g.w;
+      const x = randn(g.n * g.c * hw, 1.5, 0.3);
+      const w = randn(g.o * g.kh * g.kw, 0.5);
+      const dy = randn(g.n * g.o * g.oh * g.ow);
+      const st = be.batchNormStats(x, g.n, g.c, hw, 1e-5);
+      const gamma = randn(g.c, 0.5, 1);
+      const scale = new Float32Array(g.c).map((_, i) => Math.fround(st.invstd[i] * gamma[i]));
+      const shift = randn(g.c, 0.5);
+      for (const act of [1, 2] as const) {
+        const tf = { mean: st.mean, scale, shift, act };
+        forEachIsa((isa) => {
+          const what = `${isa} ${name} act ${act}`;
+          const r = be.conv2dBackwardBoth!(dy, x, w, g, tf, true);
+          if (isa === 'avx512' && computes !== null) assert.equal(r !== null && r.bnParts != null, computes, `${what}: partials ${computes ? '' : 'not '}expected`);
+          if (r === null || !r.bnParts) return;
+          const k = be.batchNormActBackwardCoefs!(r.bnParts, st.invstd, gamma, g.n, g.c, hw);
+          const dx = be.batchNormActBackwardApply!(r.dx, { x, mean: st.mean, scale, shift, coef: k.coef, act }, g.n, g.c, hw);
+          const want = be.batchNormActBackward(r.dx, x, st.mean, st.invstd, gamma, scale, shift, g.n, g.c, hw, act);
+          assert.deepEqual(dx, want.dx, `${what}: dx`);
+          assert.deepEqual(k.dweight, want.dweight, `${what}: dweight`);
+          assert.deepEqual(k.dbias, want.dbias, `${what}: dbias`);
+        });
+      }
+      // no activation in the transform, or not asked for: no partials
+      const r0 = be.conv2dBackwardBoth!(dy, x, w, g, { mean: st.mean, scale, shift, act: 0 }, true);
+      assert.ok(r0 === null || !r0.bnParts, `${name}: no partials without an activation`);
+      const r1 = be.conv2dBackwardBoth!(dy, x, w, g, { mean: st.mean, scale, shift, act: 2 });
+      assert.ok(r1 === null || !r1.bnParts, `${name}: no partials unless asked`);
+    }
+  });
+
+  test('pointwise both gradients with dy from a batch norm + activation backward applied while reading == on the applied dy, bit for bit', () => {
+    // [name, geometry of the pointwise convolution (its output is the batch norm's input)]
+    const cases: [string, ConvGeom][] = [
+      ['32x32, 24 -> 40', convGeom(8, 24, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1)],
+      ['16x16, 12 -> 30', convGeom(9, 12, 16, 16, 30, 1, 1, 1, 1, 0, 0, 1)],
+      ['17x17, 8 -> 20', convGeom(4, 8, 17, 17, 20, 1, 1, 1, 1, 0, 0, 1)],
+    ];
+    for (const [name, g] of cases) {
+      const P = g.oh * g.ow;
+      const x = randn(g.n * g.c * g.h * g.w, 1.5);
+      const w = randn(g.o * g.c, 0.5);
+      const gy = randn(g.n * g.o * P); // the activation output's gradient
+      const xb = randn(g.n * g.o * P, 1.5, 0.3); // the batch norm's input (the convolution's output)
+      const st = be.batchNormStats(xb, g.n, g.o, P, 1e-5);
+      const scale = randn(g.o, 0.5, 1);
+      const shift = randn(g.o, 0.5);
+      const coef = randn(3 * g.o, 0.5);
+      for (const act of [1, 2] as const) {
+        const t = { x: xb, mean: st.mean, scale, shift, coef, act };
+        for (const tf of [null, { mean: randn(g.c, 0.2), scale: randn(g.c, 1, 0.5), shift: randn(g.c, 1), act: 2 as const }]) {
+          forEachIsa((isa) => {
+            const what = `${isa} ${name} act ${act}${tf ? ' (input transform)' : ''}`;
+            const dy = be.batchNormActBackwardApply!(gy, t, g.n, g.o, P);
+            const r = be.conv2dBackwardBoth!(gy, x, w, g, tf, false, t);
+            if (isa === 'avx512') assert.ok(r !== null, `${what}: expected`);
+            if (r === null) return;
+            assert.deepEqual(r.dx, be.conv2dBackwardInput(dy, w, g), `${what}: dx`);
+            assert.deepEqual(r.dw, be.conv2dBackwardWeight(dy, x, g, tf), `${what}: dw`);
+          });
+        }
+      }
+    }
+    // a depthwise convolution takes no dy transform
+    const gd = convGeom(2, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 8);
+    const t = { x: randn(2 * 8 * 256), mean: randn(8), scale: randn(8), shift: randn(8), coef: randn(24), act: 2 as const };
+    assert.equal(be.conv2dBackwardBoth!(randn(2 * 8 * 256), randn(2 * 8 * 256), randn(72), gd, null, false, t), null);
+  });
+
   test('elementwise kernels, including lengths that span several threads', () => {
     for (const len of [0, 1, 31, 1000, 200_003]) {
       const a = randn(len, 8);

@@ -84,6 +84,21 @@ export interface InputTransform {
   act: Act;
 }
 
+/**
+ * The apply pass of a batch norm + activation's backward (batchNormActBackward) as a transform of
+ * the activation output's gradient g: dx = coef_kb * (g * mask - coef_mdy - (x - mean) * coef_q)
+ * per channel, the mask recomputed from x with scale and shift as in batchNormApply. coef (3C):
+ * from batchNormActBackwardCoefs.
+ */
+export interface BnBackwardTransform {
+  x: F32;
+  mean: F32;
+  scale: F32;
+  shift: F32;
+  coef: F32;
+  act: Act;
+}
+
 /** A 1x1 convolution with stride 1, no padding, one group (a GEMM over the channels). */
 export function isPointwise(g: ConvGeom): boolean {
   return g.groups === 1 && g.kh === 1 && g.kw === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 && g.pw === 0;
@@ -165,7 +180,11 @@ export interface Backend {
   conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom, tf?: InputTransform | null): F32;
   // Optional: both gradients in one pass over dy (the same values as the two calls above), or
   // null where the backend has no such path for this geometry (nothing computed).
-  conv2dBackwardBoth?(dy: F32, x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null): { dx: F32; dw: F32 } | null;
+  // With bnParts and a transform with an activation, the backend may also return the partials of
+  // that batch norm + activation's backward for dx (batchNormActBackwardCoefs), computed while
+  // each dx plane is in cache; bnParts null where it does not. With dyT, the dy to use is
+  // batchNormActBackwardApply(dy, dyT) (computed while reading; null where not supported).
+  conv2dBackwardBoth?(dy: F32, x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null, bnParts?: boolean, dyT?: BnBackwardTransform | null): { dx: F32; dw: F32; bnParts?: F32 | null } | null;
 
   // ---- batch norm (per channel over N, H, W) ---------------------------------------
   // x: (N, C, HW) -> y, batch statistics
@@ -191,6 +210,12 @@ export interface Backend {
   // activation's mask is recomputed from x with the same arithmetic as batchNormApply (so it
   // equals the forward's), then the batch-norm backward as batchNormBackward.
   batchNormActBackward(dy: F32, x: F32, mean: F32, invstd: F32, weight: F32 | null, scale: F32, shift: F32, n: number, c: number, hw: number, act: Act): BatchNormGrads;
+  // Optional (training fusion): batchNormActBackward (act 1 or 2) in two halves, with its
+  // reductions' partials from conv2dBackwardBoth (computed for this dy, this x and this
+  // transform): the parameter gradients and the apply coefficients, then the apply pass (or a
+  // convolution's backward applies it while reading: conv2dBackwardBoth's dyT). The same values.
+  batchNormActBackwardCoefs?(parts: F32, invstd: F32, weight: F32 | null, n: number, c: number, hw: number): { dweight: F32; dbias: F32; coef: F32 };
+  batchNormActBackwardApply?(dy: F32, t: BnBackwardTransform, n: number, c: number, hw: number): F32;
 
   // ---- elementwise -------------------------------------------------------------------
   relu(x: F32): F32;

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Act, AdamHyper, Backend, DepthwiseStage, PointwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, ConvEpilogue, ConvGeom, F32, InputTransform, PoolGeom, SgdHyper } from './backend.js';
+import type { Act, AdamHyper, Backend, DepthwiseStage, PointwiseStage, BatchNormGrads, BatchNormStats, BatchNormTrainResult, BnBackwardTransform, ConvEpilogue, ConvGeom, F32, InputTransform, PoolGeom, SgdHyper } from './backend.js';
 import { isPointwise } from './backend.js';
 import { allocOutput, releaseOutput, setAddressProbe, setHugePageAdvisor } from './arena.js';
 
@@ -20,7 +20,7 @@ interface NativeAddon {
   conv2dDwPw(x: F32, wd: F32, bd: F32 | null, gd: Int32Array, md: F32, sd: F32, td: F32, actd: number, w: F32, b: F32 | null, y: F32, g: Int32Array, mean: F32 | null, scale: F32 | null, shift: F32 | null, res: F32 | null, act: number): boolean;
   conv2dBackwardInput(dy: F32, w: F32, dx: F32, geom: Int32Array): void;
   conv2dBackwardWeight(dy: F32, x: F32, dw: F32, geom: Int32Array, tfMean?: F32, tfScale?: F32, tfShift?: F32, tfAct?: number): void;
-  conv2dBackwardPw(dy: F32, x: F32, w: F32, dx: F32, dw: F32, geom: Int32Array, tfMean?: F32 | null, tfScale?: F32 | null, tfShift?: F32 | null, tfAct?: number): boolean;
+  conv2dBackwardPw(dy: F32, x: F32, w: F32, dx: F32, dw: F32, geom: Int32Array, tfMean?: F32 | null, tfScale?: F32 | null, tfShift?: F32 | null, tfAct?: number, bnParts?: F32 | null, dtX?: F32 | null, dtMean?: F32, dtScale?: F32, dtShift?: F32, dtCoef?: F32, dtAct?: number): number;
   bnTrain(x: F32, w: F32 | null, b: F32 | null, y: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
   bnEval(x: F32, mean: F32, varRunning: F32, w: F32 | null, b: F32 | null, y: F32, n: number, c: number, hw: number, eps: number): void;
   bnBackward(dy: F32, x: F32, mean: F32, invstd: F32, w: F32 | null, dx: F32, dw: F32, db: F32, n: number, c: number, hw: number): void;
@@ -29,6 +29,8 @@ interface NativeAddon {
   bnStatsFromPartials(partials: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
   bnApply(x: F32, mean: F32, scale: F32, shift: F32, res: F32 | null, y: F32, n: number, c: number, hw: number, act: number): void;
   bnBackwardAct(dy: F32, x: F32, mean: F32, invstd: F32, w: F32 | null, scale: F32, shift: F32, dx: F32, dw: F32, db: F32, n: number, c: number, hw: number, act: number): void;
+  bnBwCoefs(parts: F32, invstd: F32, w: F32 | null, dw: F32, db: F32, coef: F32, n: number, c: number, hw: number): void;
+  bnBwApply(dy: F32, x: F32, mean: F32, scale: F32, shift: F32, coef: F32, act: number, dx: F32, n: number, c: number, hw: number): void;
   elementwise(op: number, a: F32, b: F32 | null, y: F32, s: number): void;
   maxPool(x: F32, y: F32, argmax: Int32Array, geom: Int32Array): void;
   maxPoolBackward(dy: F32, argmax: Int32Array, dx: F32, geom: Int32Array): void;
@@ -50,7 +52,7 @@ interface NativeAddon {
   adviseHugePages(a: F32): boolean;
 }
 
-const ADDON_VERSION = 10;
+const ADDON_VERSION = 11;
 const ADDON_FILE = join('build', 'Release', 'convnets_native.node');
 
 // Elementwise op codes (native/cn.h, CN_EW_*).
@@ -189,12 +191,18 @@ function makeBackend(A: NativeAddon): Backend {
       A.conv2dBackwardInput(dy, w, dx, convGeom(g));
       return dx;
     },
-    conv2dBackwardBoth(dy: F32, x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null): { dx: F32; dw: F32 } | null {
+    conv2dBackwardBoth(dy: F32, x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null, bnParts?: boolean, dyT?: BnBackwardTransform | null): { dx: F32; dw: F32; bnParts: F32 | null } | null {
       const depthwise = g.groups === g.c && g.o === g.c && g.c > 1;
       if (!isPointwise(g) && !depthwise) return null;
+      if (dyT && depthwise) return null;
       const dx = out(g.n * g.c * g.h * g.w);
       const dw = out(g.o * (g.c / g.groups) * g.kh * g.kw);
-      if (A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0)) return { dx, dw };
+      const parts = bnParts && depthwise && tf && tf.act !== 0 ? out(2 * Math.ceil(g.n / A.bnGroupImages(g.h * g.w)) * g.c) : null;
+      const done = dyT
+        ? A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, null, dyT.x, dyT.mean, dyT.scale, dyT.shift, dyT.coef, dyT.act)
+        : A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, parts);
+      if (parts !== null && done !== 2) releaseOutput(parts);
+      if (done) return { dx, dw, bnParts: done === 2 ? parts : null };
       releaseOutput(dx);
       releaseOutput(dw);
       return null;
@@ -242,6 +250,18 @@ function makeBackend(A: NativeAddon): Backend {
       const dbias = out(c);
       A.bnBackwardAct(dy, x, mean, invstd, weight, scale, shift, dx, dweight, dbias, n, c, hw, act);
       return { dx, dweight, dbias };
+    },
+    batchNormActBackwardCoefs(parts: F32, invstd: F32, weight: F32 | null, n: number, c: number, hw: number): { dweight: F32; dbias: F32; coef: F32 } {
+      const dweight = out(c);
+      const dbias = out(c);
+      const coef = out(3 * c);
+      A.bnBwCoefs(parts, invstd, weight, dweight, dbias, coef, n, c, hw);
+      return { dweight, dbias, coef };
+    },
+    batchNormActBackwardApply(dy: F32, t: BnBackwardTransform, n: number, c: number, hw: number): F32 {
+      const dx = out(n * c * hw);
+      A.bnBwApply(dy, t.x, t.mean, t.scale, t.shift, t.coef, t.act, dx, n, c, hw);
+      return dx;
     },
 
     relu: (x: F32): F32 => unary(EW_RELU, x),

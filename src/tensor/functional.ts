@@ -1,8 +1,8 @@
 // Differentiable operations: each computes its forward pass with the current backend and
 // records how to compute its backward pass. This is the only place autograd rules live.
 import { getBackend } from '../backend/registry.js';
-import { allocOutput, currentArena, type ArenaScope } from '../backend/arena.js';
-import { ACT_RELU, ACT_RELU6, convOutSize, inputTransformApplies, isPointwise, type Act, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type InputTransform, type PoolGeom } from '../backend/backend.js';
+import { allocOutput, currentArena, releaseOutput, type ArenaScope } from '../backend/arena.js';
+import { ACT_RELU, ACT_RELU6, convOutSize, inputTransformApplies, isPointwise, type Act, type BnBackwardTransform, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type InputTransform, type PoolGeom } from '../backend/backend.js';
 import { Generator, defaultGenerator } from './random.js';
 import { Tensor, formatShape, isGradEnabled, noGrad, pendingTensor, type GradFn, type PendingValues } from './tensor.js';
 
@@ -144,6 +144,25 @@ const fuseStats = typeof process === 'undefined' || process.env.CONVNETS_FUSE_ST
 /** The partials of a convolution's output, and the arena their buffer came from (null: none). */
 const statsPartials = new WeakMap<Tensor, { partials: F32; scope: ArenaScope | null }>();
 
+/**
+ * CONVNETS_FUSE_BN_BACKWARD=0: a batch norm + activation's backward always does its own
+ * reductions. Otherwise a convolution that applied that batch norm + activation while reading
+ * (the training input transform) asks the backend for the reductions' partials of the input
+ * gradient it computes (conv2dBackwardBoth), and the batch norm's backward finishes them
+ * instead of reading that gradient and its input twice (the same values).
+ */
+const fuseBnBackward = typeof process === 'undefined' || process.env.CONVNETS_FUSE_BN_BACKWARD !== '0';
+/**
+ * The partials of an input gradient, keyed by its buffer (a gradient buffer is never modified in
+ * place: the autograd engine sums into new ones), and the batch norm (its pending output) and
+ * activation they were computed for, checked by identity before use.
+ */
+const bnBackwardPartials = new WeakMap<F32, { parts: F32; bn: BatchNormPending; act: Act }>();
+/** What a batch norm hands to the convolution that produced its input (GradFn.backwardActDeferred). */
+interface BnBackwardDeferred {
+  t: BnBackwardTransform;
+}
+
 function convPendingOf(t: Tensor): ConvPending | null {
   const p = t._pending;
   return p instanceof ConvPending ? p : null;
@@ -242,15 +261,34 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
     ({ y, partials } = be.conv2dWithStats(xv, weight.values, g, tf));
   } else y = be.conv2d(xv, weight.values, bias ? bias.values : null, g, tf);
   const wv = weight.values;
-  const out = result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], (gy) => {
+  const backward = (gy: F32): (F32 | null)[] => {
     const b = getBackend();
-    const both = x.requiresGrad && weight.requiresGrad && b.conv2dBackwardBoth ? b.conv2dBackwardBoth(gy, xv, wv, g, tf) : null;
+    const wantParts = fuseBnBackward && tf !== null && tf.act !== 0 && b.batchNormActBackwardCoefs !== undefined;
+    const both = x.requiresGrad && weight.requiresGrad && b.conv2dBackwardBoth ? b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts) : null;
+    if (both && both.bnParts) bnBackwardPartials.set(both.dx, { parts: both.bnParts, bn: tp!.bn, act: tf!.act });
     return [
       both ? both.dx : x.requiresGrad ? b.conv2dBackwardInput(gy, wv, g) : null,
       both ? both.dw : weight.requiresGrad ? b.conv2dBackwardWeight(gy, xv, g, tf) : null,
       bias && bias.requiresGrad ? b.sumChannels(gy, n, o, oh * ow) : null,
     ];
-  });
+  };
+  const out = result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], backward);
+  if (out.gradFn !== null && fuseBnBackward) {
+    // gy is the batch norm + activation backward's gradient before its apply pass (t: that pass,
+    // see batchNormActBackwardDeferred): applied while reading where the backend can, else first
+    out.gradFn.backwardDeferred = (gy: F32, t: unknown): (F32 | null)[] => {
+      const b = getBackend();
+      const dt = t as BnBackwardDeferred;
+      if (x.requiresGrad && weight.requiresGrad && !(bias && bias.requiresGrad) && b.conv2dBackwardBoth) {
+        const both = b.conv2dBackwardBoth(gy, xv, wv, g, tf, false, dt.t);
+        if (both) return [both.dx, both.dw, null];
+      }
+      const dy = b.batchNormActBackwardApply!(gy, dt.t, n, o, oh * ow);
+      const r = backward(dy);
+      releaseOutput(dy);
+      return r;
+    };
+  }
   if (partials !== null) statsPartials.set(out, { partials, scope: currentArena() });
   if (tracer !== null) tracer('conv2d', [x, weight, bias], out, { stride: [sh, sw], padding: [ph, pw], groups });
   return out;
@@ -348,7 +386,8 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
     scale[i] = wv ? Math.fround(invstd[i] * wv[i]) : invstd[i];
     shift[i] = bv ? bv[i] : 0;
   }
-  const out = pendingResult(new BatchNormPending(xv, mean, scale, shift, null, n, c, hw), x.shape, {
+  const pend = new BatchNormPending(xv, mean, scale, shift, null, n, c, hw);
+  const out = pendingResult(pend, x.shape, {
     name: 'BatchNormBackward',
     inputs: [x, weight, bias],
     backward: (gy) => {
@@ -356,8 +395,28 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
       return [g.dx, g.dweight, g.dbias];
     },
     backwardAct: (gy, act) => {
-      const g = getBackend().batchNormActBackward(gy, xv, mean, invstd, wv, scale, shift, n, c, hw, act);
+      const b = getBackend();
+      // the reductions done by the convolution that computed gy (for this batch norm and activation)
+      const bp = bnBackwardPartials.get(gy);
+      if (bp !== undefined) bnBackwardPartials.delete(gy);
+      if (bp !== undefined && bp.bn === pend && bp.act === act && b.batchNormActBackwardCoefs && b.batchNormActBackwardApply) {
+        const k = b.batchNormActBackwardCoefs(bp.parts, invstd, wv, n, c, hw);
+        const dx = b.batchNormActBackwardApply(gy, { x: xv, mean, scale, shift, coef: k.coef, act }, n, c, hw);
+        return [dx, k.dweight, k.dbias];
+      }
+      const g = b.batchNormActBackward(gy, xv, mean, invstd, wv, scale, shift, n, c, hw, act);
       return [g.dx, g.dweight, g.dbias];
+    },
+    // with the partials, the apply pass is left to the convolution that produced x (its
+    // backwardDeferred), which applies it while reading: dx is never stored
+    backwardActDeferred: (gy, act) => {
+      const b = getBackend();
+      const bp = bnBackwardPartials.get(gy);
+      if (bp === undefined || bp.bn !== pend || bp.act !== act || !b.batchNormActBackwardCoefs || !b.batchNormActBackwardApply) return null;
+      bnBackwardPartials.delete(gy);
+      const k = b.batchNormActBackwardCoefs(bp.parts, invstd, wv, n, c, hw);
+      const t: BnBackwardDeferred = { t: { x: xv, mean, scale, shift, coef: k.coef, act } };
+      return { grads: [null, k.dweight, k.dbias], t };
     },
   });
   if (tracer !== null) tracer('batch_norm', [x, runningMean, runningVar, weight, bias], out, { training: true, eps: opts.eps });

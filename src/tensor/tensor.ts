@@ -43,6 +43,16 @@ export interface GradFn {
    */
   readonly act?: Act;
   backwardAct?(gy: F32, act: Act): (F32 | null)[];
+  /**
+   * Fusion (internal): that batch norm's backward through the activation leaving its input's
+   * gradient to the operation that produced the input, which computes it while reading (when
+   * nothing else consumes the input and that operation's record has `backwardDeferred`):
+   * `grads` for the inputs (the first null) and `t`, what the producer needs; null when not
+   * possible this time (then backwardAct runs).
+   */
+  backwardActDeferred?(gy: F32, act: Act): { grads: (F32 | null)[]; t: unknown } | null;
+  /** The producer's side: its backward given gy and t from the batch norm's backwardActDeferred. */
+  backwardDeferred?(gy: F32, t: unknown): (F32 | null)[];
 }
 
 /**
@@ -242,6 +252,7 @@ interface GradSlot {
   buf: F32;
   owned: boolean; // false while `buf` may be shared with another slot or a saved tensor
   act: Act; // non-zero: buf is the gradient of an activation fused into this node's batch norm
+  deferred?: unknown; // set: buf and this come from a batch norm's backwardActDeferred (see GradFn)
 }
 
 /** Persistent storage of leaf gradients written inside a step arena (reused step after step). */
@@ -335,7 +346,23 @@ function runBackward(root: Tensor, seed: F32, retainGraph: boolean): void {
         continue;
       }
     }
-    const inGrads = slot.act !== 0 ? fn.backwardAct!(slot.buf, slot.act) : fn.backward(slot.buf);
+    // A batch norm whose input's gradient its producer can compute while reading: hand it over.
+    let inGrads: (F32 | null)[] | null = null;
+    let moved = false;
+    if (slot.act !== 0 && fn.backwardActDeferred) {
+      const v = fn.inputs[0];
+      if (v && v.requiresGrad && v.gradFn && v.gradFn.backwardDeferred && consumers.get(v) === 1 && !grads.has(v)) {
+        const r = fn.backwardActDeferred(slot.buf, slot.act);
+        if (r !== null) {
+          grads.set(v, { buf: slot.buf, owned: slot.owned, act: 0, deferred: r.t });
+          inGrads = r.grads;
+          moved = true;
+        }
+      }
+    }
+    if (inGrads === null) {
+      inGrads = slot.deferred !== undefined ? fn.backwardDeferred!(slot.buf, slot.deferred) : slot.act !== 0 ? fn.backwardAct!(slot.buf, slot.act) : fn.backward(slot.buf);
+    }
     const unused: F32[] = [];
     for (let j = 0; j < fn.inputs.length; j++) {
       const inp = fn.inputs[j];
@@ -361,7 +388,7 @@ function runBackward(root: Tensor, seed: F32, retainGraph: boolean): void {
         unused.push(g);
       }
     }
-    drop(slot.buf);
+    if (!moved) drop(slot.buf);
     for (const g of unused) if (!refs.has(g) && g !== seed) releaseOutput(g);
     if (!retainGraph) t.gradFn = null;
   }
