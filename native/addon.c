@@ -398,6 +398,10 @@ static napi_value js_conv2d_fused(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/* conv2dBackwardInput(dy, w, dx, g[, mean|null, scale, shift, act, bx, bnParts]): with the
+ * transform (and input bx) of the batch norm + activation whose output the convolution's input
+ * is, also that backward's partials of dx where the path computes them
+ * (cn_conv2d_backward_input_bnp); returns 1 when they were written, else 0 */
 static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   call_t c;
   if (!start(&c, env, info)) return NULL;
@@ -406,11 +410,19 @@ static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   const float *dy = arr(&c, 0, napi_float32_array, (size_t)(g.n * g.o * g.oh * g.ow), 0, "dy");
   const float *w = arr(&c, 1, napi_float32_array, (size_t)(g.o * (g.c / g.groups) * g.kh * g.kw), 0, "weight");
   float *dx = arr(&c, 2, napi_float32_array, (size_t)(g.n * g.c * g.h * g.w), 0, "dx");
+  /* the batch norm + activation whose output x is: its transform and input, the partials' buffer */
+  cn_intf tfs;
+  const cn_intf *t = intf_args(&c, 4, &g, &tfs);
+  const long G = cn_bn_group_images(g.h * g.w);
+  const float *bx = t ? arr(&c, 8, napi_float32_array, (size_t)(g.n * g.c * g.h * g.w), 0, "batch norm input") : NULL;
+  float *parts = t ? arr(&c, 9, napi_float32_array, (size_t)(2 * ((g.n + G - 1) / G) * g.c), 0, "bnParts") : NULL;
   if (c.failed) return NULL;
   LOCK();
-  cn_conv2d_backward_input(dy, w, dx, &g);
+  const int done = t ? cn_conv2d_backward_input_bnp(dy, w, dx, &g, t, bx, parts) : (cn_conv2d_backward_input(dy, w, dx, &g), 0);
   UNLOCK();
-  return undef(env);
+  napi_value r;
+  napi_create_int32(env, done, &r);
+  return r;
 }
 
 /* conv2dBackwardWeight(dy, x, dw, g[, mean|null, scale, shift, act]): the optional input transform */
@@ -436,7 +448,7 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
  * convolution in one pass (cn_conv2d_backward_pw, cn_dw_backward_both); 0 (nothing computed)
  * where it does not apply, 1 done, 2 done and the batch norm + activation backward's partials of
  * dx written to bnParts (depthwise). dtX..: dy is the apply pass of a batch norm + activation
- * backward on the given dy (pointwise; bwtf_args) */
+ * backward on the given dy (bwtf_args) */
 static const cn_bwtf *bwtf_args(call_t *c, size_t i, const float *g, long n, long ch, long hw, cn_bwtf *t);
 static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   call_t c;
@@ -456,12 +468,8 @@ static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   const cn_bwtf *dt = is_nullish(&c, 11) ? NULL : bwtf_args(&c, 11, dy, g.n, g.o, g.oh * g.ow, &dts);
   if (c.failed) return NULL;
   const int depthwise = g.groups == g.c && g.c > 1;
-  if (dt && depthwise) {
-    fail(&c, "convnets native: conv2dBackwardPw: no dy transform for a depthwise convolution");
-    return NULL;
-  }
   LOCK();
-  const int ok = depthwise ? cn_dw_backward_both(dy, x, tf, w, dx, dw, &g, bnp)
+  const int ok = depthwise ? cn_dw_backward_both(dy, x, tf, w, dx, dw, &g, bnp, dt)
                            : cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g, dt);
   UNLOCK();
   napi_value r;

@@ -167,6 +167,12 @@ void cn_conv2d_backward_weight_tf(const float *dy, const float *x, const cn_intf
 /* convolution with an epilogue (epi->bias is the conv bias; epi->out_base == y) */
 void cn_conv2d_epi(const float *x, const float *w, float *y, const cn_conv_geom *g, const cn_epilogue *epi);
 void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g);
+/* The same for a pointwise convolution whose input is act(batch norm(bx)) (t: that transform,
+ * act 1 or 2): on AVX-512, with planes of 256 values and up and at least two image groups, also the
+ * partials of that batch norm + activation's backward for dx (cn_bn_bw_coefs), computed by each
+ * GEMM task on the whole image groups it computed; returns 1 then, else 0 (dx computed anyway). */
+int cn_conv2d_backward_input_bnp(const float *dy, const float *w, float *dx, const cn_conv_geom *g, const cn_intf *t,
+                                 const float *bx, float *parts);
 /* direct stride-1 "same" convolution without im2col (conv_direct.c, AVX-512); applies() says
  * whether the geometry (and the selected ISA) is supported; epi may be NULL */
 int cn_conv_direct_applies(const cn_conv_geom *g);
@@ -202,9 +208,10 @@ int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, co
 /* The same for a depthwise convolution (kernels.c): channel multiplier 1, planes of 256 values
  * and up, AVX-512; 0 elsewhere. With bnp (2 * ceil(n / cn_bn_group_images(h * w)) * c floats)
  * and a transform with an activation, also the partials of that batch norm + activation's
- * backward for dx (cn_bn_bw_coefs); returns 2 when it computed them. */
+ * backward for dx (cn_bn_bw_coefs); returns 2 when it computed them. dt: as for
+ * cn_conv2d_backward_pw, dy computed plane by plane (cn_bn_bw_apply_rows). */
 int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
-                        const cn_conv_geom *g, float *bnp);
+                        const cn_conv_geom *g, float *bnp, const cn_bwtf *dt);
 void cn_conv2d_backward_weight(const float *dy, const float *x, float *dw, const cn_conv_geom *g);
 /* MobileNetV2's inverted residual block in inference, one image at a time with the two expanded
  * intermediates in per-thread scratch (never stored): y = e3(pointwise g3 (w3) of
@@ -248,6 +255,10 @@ void cn_bn_backward_act(const float *dy, const float *x, const float *mean, cons
  * computes */
 void cn_bn_bw_coefs(const float *parts, const float *invstd, const float *wt, float *dw, float *db, float *coef,
                     long n, long c, long hw);
+/* the partials (as cn_dw_backward_both's bnp) of image groups [g0, g1) and channels [c0, c1) of
+ * g (n, c, hw), with x the batch norm's input and t its forward transform (act 1 or 2) */
+void cn_bn_bw_group_parts(const float *g, const float *x, const cn_intf *t, long n, long c, long hw, long g0, long g1,
+                          long c0, long c1, float *parts);
 /* the apply pass over n images into dx, or image n's planes c0 .. c1 - 1 into dst */
 void cn_bn_bw_apply(const cn_bwtf *t, float *dx, long n);
 void cn_bn_bw_apply_rows(const cn_bwtf *t, long n, long c0, long c1, float *dst);

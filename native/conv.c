@@ -589,6 +589,42 @@ static void pw_input_gemm(cn_gemm *G, im2col_ctx *s, const float *dy, const floa
   G->seg_stride = g->c * P;
 }
 
+/* the batch norm + activation backward's partials of the input-gradient columns a GEMM task
+ * computed (whole groups of images: n_align) */
+typedef struct {
+  const float *dx, *bx;
+  const cn_intf *t;
+  float *parts;
+  long n, c, P;
+} bnbw_post_ctx;
+
+static void bnbw_post(const cn_gemm *G, long m0, long m1, long n0, long n1) {
+  const bnbw_post_ctx *S = (const bnbw_post_ctx *)G->pctx;
+  const long span = S->P * cn_bn_group_images(S->P);
+  cn_bn_bw_group_parts(S->dx, S->bx, S->t, S->n, S->c, S->P, n0 / span, (n1 + span - 1) / span, m0, m1, S->parts);
+}
+
+int cn_conv2d_backward_input_bnp(const float *dy, const float *w, float *dx, const cn_conv_geom *g, const cn_intf *t,
+                                 const float *bx, float *parts) {
+  const long P = g->oh * g->ow;
+  /* (as the statistics partials of the forward GEMM: see conv2d_impl; AVX-512, whose reduction
+   * kernel sums a group in floats: a group's sums are floats, as the partials) */
+  if (cn_isa_id != 2 || !cn_conv_pointwise(g) || g->groups != 1 || !t || !t->act || P < 256 ||
+      g->n < 2 * cn_bn_group_images(P)) {
+    cn_conv2d_backward_input(dy, w, dx, g);
+    return 0;
+  }
+  im2col_ctx s;
+  cn_gemm G;
+  pw_input_gemm(&G, &s, dy, w, dx, g, 0, g->n);
+  bnbw_post_ctx S = {dx, bx, t, parts, g->n, g->c, P};
+  G.post_task = bnbw_post;
+  G.pctx = &S;
+  G.n_align = P * cn_bn_group_images(P);
+  cn_gemm_parallel(&G);
+  return 1;
+}
+
 void cn_conv2d_backward_input(const float *dy, const float *w, float *dx, const cn_conv_geom *g) {
   const long cg = g->c / g->groups, og = g->o / g->groups;
   if (cg == 1) {

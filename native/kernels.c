@@ -612,6 +612,22 @@ void cn_bn_bw_coefs(const float *parts, const float *invstd, const float *wt, fl
   }
 }
 
+void cn_bn_bw_group_parts(const float *g, const float *x, const cn_intf *t, long n, long c, long hw, long g0, long g1,
+                          long c0, long c1, float *parts) {
+  ensure_k();
+  const long G = bn_group_planes(hw);
+  for (long grp = g0; grp < g1; grp++) {
+    const long p0 = grp * G, np = n - p0 < G ? n - p0 : G;
+    for (long ci = c0; ci < c1; ci++) {
+      double sdy = 0.0, sdyx = 0.0; /* one group of dot2_planes: the float sums it adds */
+      K.dot2_planes(g + (p0 * c + ci) * hw, x + (p0 * c + ci) * hw, hw, np, c * hw, t->mean[ci], t->scale[ci],
+                    t->shift[ci], t->act, &sdy, &sdyx);
+      parts[(grp * c + ci) * 2] = (float)sdy;
+      parts[(grp * c + ci) * 2 + 1] = (float)sdyx;
+    }
+  }
+}
+
 /* planes [p0, p1) of image n's c planes into d (hw apart) */
 static void bn_bw_apply_planes(const cn_bwtf *t, long n, long p0, long p1, float *d, int nt) {
   const long c = t->c, hw = t->hw;
@@ -1129,10 +1145,10 @@ void cn_dw_backward_input(const float *dy, const float *w, float *dx, const cn_c
 
 /* the weight gradient of the plane pair (image n, output channel oc) into acc: large planes
  * (>= 256 outputs), one call per pair, in memory order */
-static void dw_wgrad_one(const dw_job *J, dw_run *R, long n, long oc, double *acc, int tid) {
+static void dw_wgrad_one(const dw_job *J, dw_run *R, const float *dy, long n, long oc, double *acc, int tid) {
   const cn_conv_geom *g = J->g;
-  const long ohw = g->oh * g->ow, ic = oc / J->mult;
-  const float *dy = J->b + (n * g->o + oc) * ohw, *x = dw_in_run(J, R, n, ic, 1, g->c - ic, tid);
+  const long ic = oc / J->mult;
+  const float *x = dw_in_run(J, R, n, ic, 1, g->c - ic, tid);
   if (J->s2) {
     cn_dw_s2_wgrad_avx512(dy, 0, x, 0, 1, g->h, g->w, acc);
   } else if (J->w16) {
@@ -1159,7 +1175,7 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
   if (ohw >= 256) {
     dw_run R = {0, 0, 0, NULL};
     for (long n = n0; n < n1; n++)
-      for (long oc = 0; oc < g->o; oc++) dw_wgrad_one(J, &R, n, oc, acc + oc * khw, tid);
+      for (long oc = 0; oc < g->o; oc++) dw_wgrad_one(J, &R, J->b + (n * g->o + oc) * ohw, n, oc, acc + oc * khw, tid);
     return;
   }
   /* small planes: per channel over the chunk's images, lanes reduced once */
@@ -1248,6 +1264,7 @@ typedef struct {
   float *wfl;    /* flipped kernels (stride 1) */
   float *bnp;    /* the batch-norm backward's partials of dx (see cn_dw_backward_both), or NULL */
   long G;        /* their image groups */
+  const cn_bwtf *dt; /* dy computed plane by plane from a batch norm + activation backward, or NULL */
 } dw_both_job;
 
 static void dw_bwd_both_task(void *ctx, long ch, int tid) {
@@ -1262,11 +1279,23 @@ static void dw_bwd_both_task(void *ctx, long ch, int tid) {
   const cn_intf *tf = J->tf;
   /* the partials' accumulators: per channel while a group of several images is walked */
   float one[64], *bacc = B->G > 1 ? cn_ws(tid, CN_WS_BLK1, (size_t)(64 * g->c)) : one;
-  if (!bacc) abort();
+  float *dys = B->dt ? cn_ws(tid, CN_WS_BLK2, (size_t)ohw) : NULL;
+  if (!bacc || (B->dt && !dys)) abort();
   for (long n = n0; n < n1; n++)
     for (long oc = 0; oc < g->o; oc++) {
-      dw_wgrad_one(J, &R, n, oc, acc + oc * khw, tid);
       const float *dyp = J->b + (n * g->o + oc) * ohw;
+      if (B->dt) { /* this dy plane, from the gradient and the batch norm's input (the next
+                    * plane's prefetched for the next one: they are computed apart) */
+        cn_bn_bw_apply_rows(B->dt, n, oc, oc + 1, dys);
+        dyp = dys;
+        const long nx = (n * g->o + oc + 1) * ohw;
+        if (n + 1 < n1 || oc + 1 < g->o)
+          for (long b = 0; b < ohw; b += 16) {
+            __builtin_prefetch(B->dt->g + nx + b);
+            __builtin_prefetch(B->dt->x + nx + b);
+          }
+      }
+      dw_wgrad_one(J, &R, dyp, n, oc, acc + oc * khw, tid);
       float *dxp = I->y + (n * g->c + oc) * hw;
       if (I->s2)
         cn_dw_s2_dgrad_avx512(dyp, I->w + oc * khw, dxp, g->h, g->w, 0);
@@ -1287,7 +1316,7 @@ static void dw_bwd_both_task(void *ctx, long ch, int tid) {
 }
 
 int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
-                        const cn_conv_geom *g, float *bnp) {
+                        const cn_conv_geom *g, float *bnp, const cn_bwtf *dt) {
   ensure_k();
   /* (fewer image chunks than threads: the separate input gradient uses every thread) */
   if (K_isa != 2 || g->o != g->c || g->groups != g->c || g->oh * g->ow < 256 ||
@@ -1317,6 +1346,7 @@ int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, cons
   /* the partials when asked for, with an activation in the transform (the batch norm + activation
    * backward's), and every image group inside one chunk of images (a task) */
   B.G = bn_group_planes(g->h * g->w);
+  B.dt = dt;
   B.bnp = bnp && tf && tf->act ? bnp : NULL;
   for (long ch = 1; B.bnp && ch < B.w.nchunks; ch++)
     if ((ch * g->n / B.w.nchunks) % B.G != 0) B.bnp = NULL;

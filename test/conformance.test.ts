@@ -182,26 +182,29 @@ function opTests(): void {
     });
   });
 
-  test('batch norm + activation backward handed from a depthwise to the pointwise convolution before it (MobileNetV2\'s expansion): the same values and gradients as stored', () => {
-    // Training fusion: the depthwise convolution's backward computes the reductions of the batch
-    // norm + activation before it, and the pointwise convolution that produced that batch norm's
-    // input applies its backward while reading (the batch norm's dx never stored). Reading the
-    // activation's values first stores it (the unfused path): both must give the same floats.
+  test('batch norm + activation backwards handed to the convolutions that produced their inputs (MobileNetV2\'s block): the same values and gradients as stored', () => {
+    // Training fusion: the projection's input gradient computes the reductions of the batch norm
+    // + activation before it, whose apply pass the depthwise convolution (its producer) does
+    // while reading; that pass computes the reductions of the batch norm + activation before it
+    // in turn, whose apply pass the expansion does while reading (neither batch norm's dx is
+    // stored). Reading the activations' values first stores them (the unfused path): both must
+    // give the same floats.
     let calls = 0;
     const run = (store: boolean): Float32Array[] => {
       const rnd = lcg(11);
       const x = tensor(rnd(2 * 4 * 32 * 32, 2), [2, 4, 32, 32], { requiresGrad: true });
-      const we = tensor(rnd(12 * 4, 0.5), [12, 4, 1, 1], { requiresGrad: true });
-      const g1 = tensor(rnd(12, 0.5, 1), [12], { requiresGrad: true });
-      const b1 = tensor(rnd(12, 1), [12], { requiresGrad: true });
-      const wd = tensor(rnd(12 * 9, 0.5), [12, 1, 3, 3], { requiresGrad: true });
-      const g2 = tensor(rnd(12, 0.5, 1), [12], { requiresGrad: true });
-      const b2 = tensor(rnd(12, 1), [12], { requiresGrad: true });
-      const wp = tensor(rnd(6 * 12, 0.5), [6, 12, 1, 1], { requiresGrad: true });
+      const we = tensor(rnd(80 * 4, 0.5), [80, 4, 1, 1], { requiresGrad: true });
+      const g1 = tensor(rnd(80, 0.5, 1), [80], { requiresGrad: true });
+      const b1 = tensor(rnd(80, 1), [80], { requiresGrad: true });
+      const wd = tensor(rnd(80 * 9, 0.5), [80, 1, 3, 3], { requiresGrad: true });
+      const g2 = tensor(rnd(80, 0.5, 1), [80], { requiresGrad: true });
+      const b2 = tensor(rnd(80, 1), [80], { requiresGrad: true });
+      const wp = tensor(rnd(6 * 80, 0.5), [6, 80, 1, 1], { requiresGrad: true });
       const opts = { training: true, momentum: 0.1, eps: 1e-5 };
       const y = F.relu6(F.batchNorm(F.conv2d(x, we), null, null, g1, b1, opts));
       if (store) void y.values;
-      const u = F.relu6(F.batchNorm(F.conv2d(y, wd, null, { padding: 1, groups: 12 }), null, null, g2, b2, opts));
+      const u = F.relu6(F.batchNorm(F.conv2d(y, wd, null, { padding: 1, groups: 80 }), null, null, g2, b2, opts));
+      if (store) void u.values;
       const v = F.conv2d(u, wp);
       F.sum(F.mul(v, tensor(rnd(v.size, 1), v.shape))).backward();
       return [v.values, ...[x, we, g1, b1, wd, g2, b2, wp].map((p) => p.grad!.values)];
@@ -220,7 +223,7 @@ function opTests(): void {
     } finally {
       if (both) be.conv2dBackwardBoth = both;
     }
-    if (be.name === 'native' && nativeIsa() === 'avx512' && process.env.CONVNETS_FUSE_BN_BACKWARD !== '0') assert.equal(calls, 1, 'the fused path is tested');
+    if (be.name === 'native' && nativeIsa() === 'avx512' && process.env.CONVNETS_FUSE_BN_BACKWARD !== '0') assert.equal(calls, 2, 'the fused paths are tested');
     const stored = run(true);
     const names = ['output', 'x.grad', 'expand.weight.grad', 'bn1.weight.grad', 'bn1.bias.grad', 'dw.weight.grad', 'bn2.weight.grad', 'bn2.bias.grad', 'project.weight.grad'];
     fused.forEach((a, k) => {

@@ -648,10 +648,71 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
         }
       }
     }
-    // a depthwise convolution takes no dy transform
-    const gd = convGeom(2, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 8);
-    const t = { x: randn(2 * 8 * 256), mean: randn(8), scale: randn(8), shift: randn(8), coef: randn(24), act: 2 as const };
-    assert.equal(be.conv2dBackwardBoth!(randn(2 * 8 * 256), randn(2 * 8 * 256), randn(72), gd, null, false, t), null);
+  });
+
+  test('depthwise both gradients with dy from a batch norm + activation backward applied while reading == on the applied dy, bit for bit (with the partials of the batch norm before)', () => {
+    const cases: [string, ConvGeom][] = [
+      ['32x32', convGeom(4, 10, 32, 32, 10, 3, 3, 1, 1, 1, 1, 10)],
+      ['32x32 stride 2', convGeom(3, 10, 32, 32, 10, 3, 3, 2, 2, 1, 1, 10)],
+      ['16x16, 64 images', convGeom(64, 6, 16, 16, 6, 3, 3, 1, 1, 1, 1, 6)],
+    ];
+    for (const [name, g] of cases) {
+      const hw = g.h * g.w, P = g.oh * g.ow;
+      const x = randn(g.n * g.c * hw, 1.5, 0.3);
+      const w = randn(g.c * 9, 0.5);
+      const gy = randn(g.n * g.o * P);
+      const xb = randn(g.n * g.o * P, 1.5, 0.3);
+      const st = be.batchNormStats(xb, g.n, g.o, P, 1e-5);
+      const t = { x: xb, mean: st.mean, scale: randn(g.o, 0.5, 1), shift: randn(g.o, 0.5), coef: randn(3 * g.o, 0.5), act: 2 as const };
+      const sx = be.batchNormStats(x, g.n, g.c, hw, 1e-5);
+      const tf = { mean: sx.mean, scale: randn(g.c, 0.5, 1), shift: randn(g.c, 0.5), act: 2 as const };
+      forEachIsa((isa) => {
+        const what = `${isa} ${name}`;
+        const dy = be.batchNormActBackwardApply!(gy, t, g.n, g.o, P);
+        const r = be.conv2dBackwardBoth!(gy, x, w, g, tf, true, t);
+        if (isa === 'avx512') assert.ok(r !== null && r.bnParts, `${what}: expected, with partials`);
+        if (r === null) return;
+        const want = be.conv2dBackwardBoth!(dy, x, w, g, tf, true)!;
+        assert.deepEqual(r.dx, want.dx, `${what}: dx`);
+        assert.deepEqual(r.dw, want.dw, `${what}: dw`);
+        assert.deepEqual(r.bnParts, want.bnParts, `${what}: partials`);
+      });
+    }
+  });
+
+  test('input gradient with the partials of the batch norm + activation before (pointwise, GEMM tasks of whole image groups) == batchNormActBackward\'s own reductions, bit for bit', () => {
+    // [name, geometry, whether partials are computed]
+    const cases: [string, ConvGeom, boolean][] = [
+      ['32x32, 80 -> 16', convGeom(4, 80, 32, 32, 16, 1, 1, 1, 1, 0, 0, 1), true],
+      ['16x16, 96 -> 24, 10 images (groups of 4: the last one partial)', convGeom(10, 96, 16, 16, 24, 1, 1, 1, 1, 0, 0, 1), true],
+      ['16x16, 4 images (one image group: no partials)', convGeom(4, 72, 16, 16, 24, 1, 1, 1, 1, 0, 0, 1), false],
+      ['8x8 (no partials)', convGeom(40, 72, 8, 8, 16, 1, 1, 1, 1, 0, 0, 1), false],
+    ];
+    for (const [name, g, computes] of cases) {
+      const hw = g.h * g.w;
+      const bx = randn(g.n * g.c * hw, 1.5, 0.3);
+      const w = randn(g.o * g.c, 0.5);
+      const dy = randn(g.n * g.o * hw);
+      const st = be.batchNormStats(bx, g.n, g.c, hw, 1e-5);
+      const gamma = randn(g.c, 0.5, 1);
+      const scale = new Float32Array(g.c).map((_, i) => Math.fround(st.invstd[i] * gamma[i]));
+      const shift = randn(g.c, 0.5);
+      for (const act of [1, 2] as const) {
+        forEachIsa((isa) => {
+          const what = `${isa} ${name} act ${act}`;
+          const r = be.conv2dBackwardInputBnParts!(dy, w, g, bx, { mean: st.mean, scale, shift, act });
+          assert.deepEqual(r.dx, be.conv2dBackwardInput(dy, w, g), `${what}: dx`);
+          assert.equal(r.bnParts !== null, computes && isa === 'avx512', `${what}: partials ${computes && isa === 'avx512' ? '' : 'not '}expected (AVX-512 only)`);
+          if (!r.bnParts) return;
+          const k = be.batchNormActBackwardCoefs!(r.bnParts, st.invstd, gamma, g.n, g.c, hw);
+          const want = be.batchNormActBackward(r.dx, bx, st.mean, st.invstd, gamma, scale, shift, g.n, g.c, hw, act);
+          assert.deepEqual(k.dweight, want.dweight, `${what}: dweight`);
+          assert.deepEqual(k.dbias, want.dbias, `${what}: dbias`);
+          const dx = be.batchNormActBackwardApply!(r.dx, { x: bx, mean: st.mean, scale, shift, coef: k.coef, act }, g.n, g.c, hw);
+          assert.deepEqual(dx, want.dx, `${what}: batch norm dx`);
+        });
+      }
+    }
   });
 
   test('elementwise kernels, including lengths that span several threads', () => {

@@ -176,6 +176,11 @@ export interface Backend {
   conv2dBlock?(expand: PointwiseStage, dw: DepthwiseStage, w: F32, b: F32 | null, g: ConvGeom, epi: ConvEpilogue | null): F32 | null;
   // dy: (N, O, OH, OW), w -> dx: (N, C, H, W)
   conv2dBackwardInput(dy: F32, w: F32, g: ConvGeom): F32;
+  // Optional (training fusion): the same for a convolution whose input is act(batch norm(bx))
+  // with t that batch norm's transform (act 1 or 2), also returning the partials of that batch
+  // norm + activation's backward for dx (as conv2dBackwardBoth's bnParts), or null partials where
+  // the backend's path does not compute them.
+  conv2dBackwardInputBnParts?(dy: F32, w: F32, g: ConvGeom, bx: F32, t: InputTransform): { dx: F32; bnParts: F32 | null };
   // dy: (N, O, OH, OW), x: (N, C, H, W) -> dw: (O, C/groups, KH, KW); tf as in conv2d
   conv2dBackwardWeight(dy: F32, x: F32, g: ConvGeom, tf?: InputTransform | null): F32;
   // Optional: both gradients in one pass over dy (the same values as the two calls above), or

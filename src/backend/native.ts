@@ -18,7 +18,7 @@ interface NativeAddon {
   conv2dFused(x: F32, w: F32, b: F32 | null, y: F32, geom: Int32Array, mean: F32, scale: F32, shift: F32, res: F32 | null, act: number): void;
   blockInfer(x: F32, y: F32, g1: Int32Array, w1: F32, e1: F32, g2: Int32Array, w2: F32, e2: F32, g3: Int32Array, w3: F32, e3: F32 | null, res: F32 | null, acts: Int32Array): boolean;
   conv2dDwPw(x: F32, wd: F32, bd: F32 | null, gd: Int32Array, md: F32, sd: F32, td: F32, actd: number, w: F32, b: F32 | null, y: F32, g: Int32Array, mean: F32 | null, scale: F32 | null, shift: F32 | null, res: F32 | null, act: number): boolean;
-  conv2dBackwardInput(dy: F32, w: F32, dx: F32, geom: Int32Array): void;
+  conv2dBackwardInput(dy: F32, w: F32, dx: F32, geom: Int32Array, tMean?: F32 | null, tScale?: F32, tShift?: F32, tAct?: number, bx?: F32, bnParts?: F32): number;
   conv2dBackwardWeight(dy: F32, x: F32, dw: F32, geom: Int32Array, tfMean?: F32, tfScale?: F32, tfShift?: F32, tfAct?: number): void;
   conv2dBackwardPw(dy: F32, x: F32, w: F32, dx: F32, dw: F32, geom: Int32Array, tfMean?: F32 | null, tfScale?: F32 | null, tfShift?: F32 | null, tfAct?: number, bnParts?: F32 | null, dtX?: F32 | null, dtMean?: F32, dtScale?: F32, dtShift?: F32, dtCoef?: F32, dtAct?: number): number;
   bnTrain(x: F32, w: F32 | null, b: F32 | null, y: F32, mean: F32, varBiased: F32, invstd: F32, n: number, c: number, hw: number, eps: number): void;
@@ -191,15 +191,21 @@ function makeBackend(A: NativeAddon): Backend {
       A.conv2dBackwardInput(dy, w, dx, convGeom(g));
       return dx;
     },
+    conv2dBackwardInputBnParts(dy: F32, w: F32, g: ConvGeom, bx: F32, t: InputTransform): { dx: F32; bnParts: F32 | null } {
+      const dx = out(g.n * g.c * g.h * g.w);
+      const parts = out(2 * Math.ceil(g.n / A.bnGroupImages(g.h * g.w)) * g.c);
+      if (A.conv2dBackwardInput(dy, w, dx, convGeom(g), t.mean, t.scale, t.shift, t.act, bx, parts) === 1) return { dx, bnParts: parts };
+      releaseOutput(parts);
+      return { dx, bnParts: null };
+    },
     conv2dBackwardBoth(dy: F32, x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null, bnParts?: boolean, dyT?: BnBackwardTransform | null): { dx: F32; dw: F32; bnParts: F32 | null } | null {
       const depthwise = g.groups === g.c && g.o === g.c && g.c > 1;
       if (!isPointwise(g) && !depthwise) return null;
-      if (dyT && depthwise) return null;
       const dx = out(g.n * g.c * g.h * g.w);
       const dw = out(g.o * (g.c / g.groups) * g.kh * g.kw);
       const parts = bnParts && depthwise && tf && tf.act !== 0 ? out(2 * Math.ceil(g.n / A.bnGroupImages(g.h * g.w)) * g.c) : null;
       const done = dyT
-        ? A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, null, dyT.x, dyT.mean, dyT.scale, dyT.shift, dyT.coef, dyT.act)
+        ? A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, parts, dyT.x, dyT.mean, dyT.scale, dyT.shift, dyT.coef, dyT.act)
         : A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, parts);
       if (parts !== null && done !== 2) releaseOutput(parts);
       if (done) return { dx, dw, bnParts: done === 2 ? parts : null };

@@ -265,9 +265,15 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
     const b = getBackend();
     const wantParts = fuseBnBackward && tf !== null && tf.act !== 0 && b.batchNormActBackwardCoefs !== undefined;
     const both = x.requiresGrad && weight.requiresGrad && b.conv2dBackwardBoth ? b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts) : null;
-    if (both && both.bnParts) bnBackwardPartials.set(both.dx, { parts: both.bnParts, bn: tp!.bn, act: tf!.act });
+    let dx = both ? both.dx : null;
+    let parts = both ? (both.bnParts ?? null) : null;
+    if (!both && x.requiresGrad) {
+      if (wantParts && b.conv2dBackwardInputBnParts) ({ dx, bnParts: parts } = b.conv2dBackwardInputBnParts(gy, wv, g, xv, tf!));
+      else dx = b.conv2dBackwardInput(gy, wv, g);
+    }
+    if (dx !== null && parts !== null) bnBackwardPartials.set(dx, { parts, bn: tp!.bn, act: tf!.act });
     return [
-      both ? both.dx : x.requiresGrad ? b.conv2dBackwardInput(gy, wv, g) : null,
+      dx,
       both ? both.dw : weight.requiresGrad ? b.conv2dBackwardWeight(gy, xv, g, tf) : null,
       bias && bias.requiresGrad ? b.sumChannels(gy, n, o, oh * ow) : null,
     ];
@@ -280,8 +286,12 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
       const b = getBackend();
       const dt = t as BnBackwardDeferred;
       if (x.requiresGrad && weight.requiresGrad && !(bias && bias.requiresGrad) && b.conv2dBackwardBoth) {
-        const both = b.conv2dBackwardBoth(gy, xv, wv, g, tf, false, dt.t);
-        if (both) return [both.dx, both.dw, null];
+        const wantParts = tf !== null && tf.act !== 0 && b.batchNormActBackwardCoefs !== undefined;
+        const both = b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts, dt.t);
+        if (both) {
+          if (both.bnParts) bnBackwardPartials.set(both.dx, { parts: both.bnParts, bn: tp!.bn, act: tf!.act });
+          return [both.dx, both.dw, null];
+        }
       }
       const dy = b.batchNormActBackwardApply!(gy, dt.t, n, o, oh * ow);
       const r = backward(dy);
