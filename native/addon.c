@@ -447,7 +447,7 @@ static napi_value js_conv2d_bwd_weight(napi_env env, napi_callback_info info) {
  * dtMean, dtScale, dtShift, dtCoef, dtAct]]]): both gradients of a pointwise or depthwise
  * convolution in one pass (cn_conv2d_backward_pw, cn_dw_backward_both); 0 (nothing computed)
  * where it does not apply, 1 done, 2 done and the batch norm + activation backward's partials of
- * dx written to bnParts (depthwise). dtX..: dy is the apply pass of a batch norm + activation
+ * dx written to bnParts. dtX..: dy is the apply pass of a batch norm + activation
  * backward on the given dy (bwtf_args) */
 static const cn_bwtf *bwtf_args(call_t *c, size_t i, const float *g, long n, long ch, long hw, cn_bwtf *t);
 static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
@@ -470,7 +470,7 @@ static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   const int depthwise = g.groups == g.c && g.c > 1;
   LOCK();
   const int ok = depthwise ? cn_dw_backward_both(dy, x, tf, w, dx, dw, &g, bnp, dt)
-                           : cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g, dt);
+                           : cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g, dt, bnp);
   UNLOCK();
   napi_value r;
   napi_create_int32(env, ok, &r);

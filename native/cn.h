@@ -202,9 +202,11 @@ typedef struct {
  * gradient right after its weight-gradient tiles, its dy still in cache. The same floats as
  * cn_conv2d_backward_input and cn_conv2d_backward_weight_tf. Returns 0 (nothing computed)
  * elsewhere. dt: dy is that batch norm + activation backward's dx (dy itself unused), computed
- * image by image into the thread's scratch (cn_bn_bw_apply_rows) instead of read. */
+ * image by image into the thread's scratch (cn_bn_bw_apply_rows) instead of read. bnp: as for
+ * cn_dw_backward_both (per image group after its input gradients; then also with more than 64
+ * input channels); returns 2 when it computed them. */
 int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
-                          const cn_conv_geom *g, const cn_bwtf *dt);
+                          const cn_conv_geom *g, const cn_bwtf *dt, float *bnp);
 /* The same for a depthwise convolution (kernels.c): channel multiplier 1, planes of 256 values
  * and up, AVX-512; 0 elsewhere. With bnp (2 * ceil(n / cn_bn_group_images(h * w)) * c floats)
  * and a transform with an activation, also the partials of that batch norm + activation's

@@ -903,6 +903,8 @@ typedef struct {
   const float *w, *apre;
   const cn_conv_geom *g;
   const cn_bwtf *dt; /* dy computed image by image from a batch norm + activation backward, or NULL */
+  float *bnp;        /* the partials of the batch norm + activation backward before (of dx), or NULL */
+  long G;            /* their image groups */
 } pwd_job;
 
 /* dx_n (C x P) = W^T (C x O) * dy_n (O x P): the pointwise input gradient of one image (the
@@ -950,6 +952,8 @@ static CONV_A512 void pwd_chunk_task(void *ctx, long ch, int tid) {
       }
     }
     if (J->dx) pwd_input_grad_one(J, dn, n, tid);
+    if (J->bnp && ((n + 1) % J->G == 0 || n + 1 == J->n)) /* the image group's dx and x, in cache */
+      cn_bn_bw_group_parts(J->dx, J->x, J->tf, J->n, C, P, n / J->G, n / J->G + 1, 0, C, J->bnp);
   }
   float *out = J->part + ch * O * C;
   for (long ob = 0; ob < to; ob++)
@@ -987,14 +991,20 @@ static void pwd_input_grad_one(const pwd_job *J, const float *dn, long n, int ti
   cn_gemm_serial(&G, 0, J->C, 0, J->P, tid);
 }
 
-static void pwd_backward(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g,
-                         const float *w, float *dx, const cn_bwtf *dt) {
+static long pwd_chunks(const cn_conv_geom *g) {
   long nchunks = 1; /* a power of two, at most the batch (depends on the shape only) */
   while (nchunks * 2 <= BW_MAX_CHUNKS && nchunks * 2 <= g->n) nchunks *= 2;
+  return nchunks;
+}
+
+static void pwd_backward(const float *dy, const float *x, const cn_intf *tf, float *dw, const cn_conv_geom *g,
+                         const float *w, float *dx, const cn_bwtf *dt, float *bnp) {
+  const long nchunks = pwd_chunks(g);
   const long count = g->o * g->c;
   float *part = cn_gws(CN_GWS_B, (size_t)(nchunks * count));
   if (!part) abort();
-  pwd_job J = {dy, x, tf, part, g->n, g->o, g->c, g->oh * g->ow, nchunks, dx, w, NULL, g, dt};
+  pwd_job J = {dy, x, tf, part, g->n, g->o, g->c, g->oh * g->ow, nchunks, dx, w, NULL, g, dt, bnp,
+               cn_bn_group_images(g->oh * g->ow)};
   float *apre = NULL;
   if (dx) { /* W^T packed once for every image's GEMM */
     im2col_ctx s;
@@ -1012,16 +1022,25 @@ static void pwd_backward(const float *dy, const float *x, const cn_intf *tf, flo
 #endif
 
 int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, const float *w, float *dx, float *dw,
-                          const cn_conv_geom *g, const cn_bwtf *dt) {
+                          const cn_conv_geom *g, const cn_bwtf *dt, float *bnp) {
 #if defined(CN_X86)
   if (tf && !cn_intf_supported(g)) abort(); /* callers check */
   /* (one input channel: the separate kernels take the depthwise path; fewer image chunks than
    * threads: the separate input gradient uses every thread) */
-  if (!pwd_applies(g) || g->c > 64 || g->c < 2 || (g->n < BW_MAX_CHUNKS && g->n < cn_num_threads())) return 0;
-  pwd_backward(dy, x, tf, dw, g, w, dx, dt);
-  return 1;
+  if (!pwd_applies(g) || g->c < 2 || (g->n < BW_MAX_CHUNKS && g->n < cn_num_threads())) return 0;
+  /* the partials when asked for, with an activation in the transform, and every image group
+   * inside one chunk of images */
+  const long G = cn_bn_group_images(g->oh * g->ow), nchunks = pwd_chunks(g);
+  if (!(tf && tf->act)) bnp = NULL;
+  for (long ch = 1; bnp && ch < nchunks; ch++)
+    if ((ch * g->n / nchunks) % G != 0) bnp = NULL;
+  /* more than 64 input channels (MobileNetV2's projections): only for the partials, which then
+   * read x while it is in cache for the weight gradient (apart, the input gradient is faster) */
+  if (g->c > 64 && !bnp) return 0;
+  pwd_backward(dy, x, tf, dw, g, w, dx, dt, bnp);
+  return bnp ? 2 : 1;
 #else
-  (void)dy, (void)x, (void)tf, (void)w, (void)dx, (void)dw, (void)g, (void)dt;
+  (void)dy, (void)x, (void)tf, (void)w, (void)dx, (void)dw, (void)g, (void)dt, (void)bnp;
   return 0;
 #endif
 }
@@ -1044,7 +1063,7 @@ void cn_conv2d_backward_weight_tf(const float *dy, const float *x, const cn_intf
   }
 #if defined(CN_X86)
   if (pwd_applies(g)) {
-    pwd_backward(dy, x, tf, dw, g, NULL, NULL, NULL);
+    pwd_backward(dy, x, tf, dw, g, NULL, NULL, NULL, NULL);
     return;
   }
 #endif

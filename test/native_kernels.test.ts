@@ -572,10 +572,14 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     }
   });
 
-  test('batch norm + activation backward from the partials of the depthwise both-gradients pass == its own reductions, bit for bit', () => {
-    // [name, geometry of the depthwise convolution whose input transform is the batch norm + act,
-    //  whether partials are computed on AVX-512 (null: it depends on the thread count)]
+  test('batch norm + activation backward from the partials of the both-gradients passes == its own reductions, bit for bit', () => {
+    // [name, geometry of the convolution whose input transform is the batch norm + act, whether
+    //  partials are computed on AVX-512 (null: it depends on the thread count)]
     const cases: [string, ConvGeom, boolean | null][] = [
+      ['pointwise 32x32, 96 -> 24 (more than 64 input channels: for the partials)', convGeom(4, 96, 32, 32, 24, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 32x32, 16 -> 40', convGeom(3, 16, 32, 32, 40, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 16x16, 72 -> 16, 64 images (groups of 4 images: 8 chunks of 8)', convGeom(64, 72, 16, 16, 16, 1, 1, 1, 1, 0, 0, 1), true],
+      ['pointwise 16x16, 72 -> 16, 12 images (8 chunks: groups of 4 span chunks, no partials)', convGeom(12, 72, 16, 16, 16, 1, 1, 1, 1, 0, 0, 1), false],
       ['32x32 (groups of one image)', convGeom(5, 12, 32, 32, 12, 3, 3, 1, 1, 1, 1, 12), true],
       ['32x32 stride 2', convGeom(3, 10, 32, 32, 10, 3, 3, 2, 2, 1, 1, 10), true],
       ['16x16, 64 images (groups of 4 images: 16 chunks of 4)', convGeom(64, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 8), true],
@@ -587,7 +591,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     for (const [name, g, computes] of cases) {
       const hw = g.h * g.w;
       const x = randn(g.n * g.c * hw, 1.5, 0.3);
-      const w = randn(g.o * g.kh * g.kw, 0.5);
+      const w = randn(g.o * (g.c / g.groups) * g.kh * g.kw, 0.5);
       const dy = randn(g.n * g.o * g.oh * g.ow);
       const st = be.batchNormStats(x, g.n, g.c, hw, 1e-5);
       const gamma = randn(g.c, 0.5, 1);
