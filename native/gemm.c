@@ -799,6 +799,7 @@ static void gemm_task(void *ctx, long t, int tid) {
 }
 
 #define PREPACK_MAX_FLOATS (1L << 21) /* 8 MiB of packed B at most */
+#define POST_TASK_FLOATS (1L << 17)   /* 512 KiB: a task's output region with post_task */
 #define PREPACK_PANELS 16
 
 typedef struct {
@@ -847,6 +848,14 @@ void cn_gemm_parallel(const cn_gemm *g) {
   J.nstep = (nblocks + nparts - 1) / nparts * NR;
   if (g->n_align > 1) /* column ranges of whole units (post_task) */
     J.nstep = (J.nstep + g->n_align - 1) / g->n_align * g->n_align;
+  if (g->post_task && g->n_align > 1) {
+    /* a task's output region within half the L2 (at least one unit), for post_task to find it
+     * there: measured on MobileNetV2's 32x32 / 16x16 convolutions with statistics or batch-norm
+     * backward partials (tasks of several images read their output back from the L3) */
+    long cap = POST_TASK_FLOATS / (J.mstep > 0 ? J.mstep : 1) / g->n_align * g->n_align;
+    if (cap < g->n_align) cap = g->n_align;
+    if (J.nstep > cap) J.nstep = cap;
+  }
   J.mparts = (g->M + J.mstep - 1) / J.mstep;
   J.nparts = (g->N + J.nstep - 1) / J.nstep;
   cn_gemm local;
