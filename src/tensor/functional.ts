@@ -2,7 +2,7 @@
 // records how to compute its backward pass. This is the only place autograd rules live.
 import { getBackend } from '../backend/registry.js';
 import { allocOutput, currentArena, releaseOutput, type ArenaScope } from '../backend/arena.js';
-import { ACT_RELU, ACT_RELU6, convOutSize, inputTransformApplies, isPointwise, type Act, type BnBackwardTransform, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type InputTransform, type PoolGeom } from '../backend/backend.js';
+import { ACT_RELU, ACT_RELU6, convOutSize, inputTransformApplies, isPointwise, type Act, type Backend, type BnBackwardTransform, type ConvEpilogue, type ConvGeom, type DepthwiseStage, type F32, type InputTransform, type PoolGeom } from '../backend/backend.js';
 import { Generator, defaultGenerator } from './random.js';
 import { Tensor, formatShape, isGradEnabled, noGrad, pendingTensor, type GradFn, type PendingValues } from './tensor.js';
 
@@ -145,11 +145,14 @@ const fuseStats = typeof process === 'undefined' || process.env.CONVNETS_FUSE_ST
 const statsPartials = new WeakMap<Tensor, { partials: F32; scope: ArenaScope | null }>();
 
 /**
- * CONVNETS_FUSE_BN_BACKWARD=0: a batch norm + activation's backward always does its own
- * reductions. Otherwise a convolution that applied that batch norm + activation while reading
- * (the training input transform) asks the backend for the reductions' partials of the input
- * gradient it computes (conv2dBackwardBoth), and the batch norm's backward finishes them
- * instead of reading that gradient and its input twice (the same values).
+ * CONVNETS_FUSE_BN_BACKWARD=0: a batch norm + activation's backward is one op of its own.
+ * Otherwise a convolution that applied that batch norm + activation while reading (the training
+ * input transform) asks the backend for the reductions' partials of the input gradient it
+ * computes (conv2dBackwardBoth, conv2dBackwardInputBnParts); the batch norm's backward finishes
+ * them instead of reading that gradient and its input twice, and hands its apply pass to the
+ * convolution that produced its input (GradFn.backwardActDeferred / backwardDeferred), which
+ * applies it while reading its dy where the backend can (conv2dBackwardBoth's dyT). The same
+ * values throughout.
  */
 const fuseBnBackward = typeof process === 'undefined' || process.env.CONVNETS_FUSE_BN_BACKWARD !== '0';
 /**
@@ -261,17 +264,23 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
     ({ y, partials } = be.conv2dWithStats(xv, weight.values, g, tf));
   } else y = be.conv2d(xv, weight.values, bias ? bias.values : null, g, tf);
   const wv = weight.values;
+  // the batch norm + activation backward's partials of dx, for the batch norm of the input transform
+  const wantParts = (b: Backend): boolean => fuseBnBackward && tf !== null && tf.act !== 0 && b.batchNormActBackwardCoefs !== undefined;
+  const keepParts = (dx: F32, parts: F32 | null | undefined): void => {
+    if (parts) bnBackwardPartials.set(dx, { parts, bn: tp!.bn, act: tf!.act });
+  };
   const backward = (gy: F32): (F32 | null)[] => {
     const b = getBackend();
-    const wantParts = fuseBnBackward && tf !== null && tf.act !== 0 && b.batchNormActBackwardCoefs !== undefined;
-    const both = x.requiresGrad && weight.requiresGrad && b.conv2dBackwardBoth ? b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts) : null;
+    const both = x.requiresGrad && weight.requiresGrad && b.conv2dBackwardBoth ? b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts(b)) : null;
     let dx = both ? both.dx : null;
-    let parts = both ? (both.bnParts ?? null) : null;
-    if (!both && x.requiresGrad) {
-      if (wantParts && b.conv2dBackwardInputBnParts) ({ dx, bnParts: parts } = b.conv2dBackwardInputBnParts(gy, wv, g, xv, tf!));
-      else dx = b.conv2dBackwardInput(gy, wv, g);
+    if (both) keepParts(both.dx, both.bnParts);
+    else if (x.requiresGrad) {
+      if (wantParts(b) && b.conv2dBackwardInputBnParts) {
+        const r = b.conv2dBackwardInputBnParts(gy, wv, g, xv, tf!);
+        dx = r.dx;
+        keepParts(dx, r.bnParts);
+      } else dx = b.conv2dBackwardInput(gy, wv, g);
     }
-    if (dx !== null && parts !== null) bnBackwardPartials.set(dx, { parts, bn: tp!.bn, act: tf!.act });
     return [
       dx,
       both ? both.dw : weight.requiresGrad ? b.conv2dBackwardWeight(gy, xv, g, tf) : null,
@@ -286,10 +295,9 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
       const b = getBackend();
       const dt = t as BnBackwardDeferred;
       if (x.requiresGrad && weight.requiresGrad && !(bias && bias.requiresGrad) && b.conv2dBackwardBoth) {
-        const wantParts = tf !== null && tf.act !== 0 && b.batchNormActBackwardCoefs !== undefined;
-        const both = b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts, dt.t);
+        const both = b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts(b), dt.t);
         if (both) {
-          if (both.bnParts) bnBackwardPartials.set(both.dx, { parts: both.bnParts, bn: tp!.bn, act: tf!.act });
+          keepParts(both.dx, both.bnParts);
           return [both.dx, both.dw, null];
         }
       }
