@@ -193,6 +193,11 @@ function makeBackend(A: NativeAddon): Backend {
     },
     conv2dBackwardInputBnParts(dy: F32, w: F32, g: ConvGeom, bx: F32, t: InputTransform): { dx: F32; bnParts: F32 | null } {
       const dx = out(g.n * g.c * g.h * g.w);
+      if (!isPointwise(g) || g.h * g.w < 256) {
+        // (the native path computes partials for pointwise convolutions of 16x16 planes and up)
+        A.conv2dBackwardInput(dy, w, dx, convGeom(g));
+        return { dx, bnParts: null };
+      }
       const parts = out(2 * Math.ceil(g.n / A.bnGroupImages(g.h * g.w)) * g.c);
       if (A.conv2dBackwardInput(dy, w, dx, convGeom(g), t.mean, t.scale, t.shift, t.act, bx, parts) === 1) return { dx, bnParts: parts };
       releaseOutput(parts);
