@@ -139,6 +139,18 @@ static napi_value undef(napi_env env) {
   return u;
 }
 
+static napi_value boolean(napi_env env, int v) {
+  napi_value r;
+  napi_get_boolean(env, v != 0, &r);
+  return r;
+}
+
+static napi_value int32(napi_env env, int v) {
+  napi_value r;
+  napi_create_int32(env, v, &r);
+  return r;
+}
+
 #define LOCK() pthread_mutex_lock(&g_call_mtx)
 #define UNLOCK() pthread_mutex_unlock(&g_call_mtx)
 
@@ -235,9 +247,7 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   else
     cn_conv2d_tf(x, tf, w, b, y, &g);
   UNLOCK();
-  napi_value r;
-  napi_get_boolean(env, done != 0, &r);
-  return r;
+  return boolean(env, done);
 }
 
 /* bnGroupImages(hw): images per group of the batch statistics of planes of hw values (partials
@@ -329,9 +339,7 @@ static napi_value js_block_infer(napi_env env, napi_callback_info info) {
   LOCK();
   const int ok = cn_block_infer(x, &g1, w1, &e1, &g2, w2, &e2, &g3, w3, has3 ? &e3 : NULL, y);
   UNLOCK();
-  napi_value r;
-  napi_get_boolean(env, ok != 0, &r);
-  return r;
+  return boolean(env, ok);
 }
 
 /* conv2dDwPw(x, wd, bd|null, gd, md, sd, td, actd, w, b|null, y, g, mean|null, scale, shift,
@@ -367,9 +375,7 @@ static napi_value js_conv2d_dwpw(napi_env env, napi_callback_info info) {
     ok = cn_conv2d_dwpw(x, &gd, wd, bd, md, sd, td, (int)actd, w, y, &g, mean ? &e : NULL);
     UNLOCK();
   }
-  napi_value r;
-  napi_get_boolean(env, ok != 0, &r);
-  return r;
+  return boolean(env, ok);
 }
 
 /* conv2dFused(x, w, b|null, y, geom, mean, scale, shift, res|null, act): y = act(bn(conv) (+ res)) */
@@ -420,9 +426,7 @@ static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   LOCK();
   const int done = t ? cn_conv2d_backward_input_bnp(dy, w, dx, &g, t, bx, parts) : (cn_conv2d_backward_input(dy, w, dx, &g), 0);
   UNLOCK();
-  napi_value r;
-  napi_create_int32(env, done, &r);
-  return r;
+  return int32(env, done);
 }
 
 /* conv2dBackwardWeight(dy, x, dw, g[, mean|null, scale, shift, act]): the optional input transform */
@@ -472,9 +476,7 @@ static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   const int ok = depthwise ? cn_dw_backward_both(dy, x, tf, w, dx, dw, &g, bnp, dt)
                            : cn_conv2d_backward_pw(dy, x, tf, w, dx, dw, &g, dt, bnp);
   UNLOCK();
-  napi_value r;
-  napi_create_int32(env, ok, &r);
-  return r;
+  return int32(env, ok);
 }
 
 /* ---- batch norm ------------------------------------------------------------------------------ */
@@ -918,12 +920,10 @@ static napi_value js_sgd(napi_env env, napi_callback_info info) {
 
 static napi_value js_get_threads(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value r;
   LOCK();
   int n = cn_num_threads();
   UNLOCK();
-  napi_create_int32(env, n, &r);
-  return r;
+  return int32(env, n);
 }
 
 /* setThreads(n): n <= 0 restores the default. Returns the thread count in effect. */
@@ -936,9 +936,7 @@ static napi_value js_set_threads(napi_env env, napi_callback_info info) {
   cn_set_num_threads((int)v);
   int n = cn_num_threads();
   UNLOCK();
-  napi_value r;
-  napi_create_int32(env, n, &r);
-  return r;
+  return int32(env, n);
 }
 
 static napi_value js_get_isa(napi_env env, napi_callback_info info) {
@@ -964,9 +962,7 @@ static napi_value js_set_isa(napi_env env, napi_callback_info info) {
   LOCK();
   int ok = cn_select_isa(name);
   UNLOCK();
-  napi_value r;
-  napi_get_boolean(env, ok != 0, &r);
-  return r;
+  return boolean(env, ok);
 }
 
 /* byteAlignment(typedArray): the address of its first element modulo 64 (the arena aligns
@@ -1005,9 +1001,7 @@ static napi_value js_advise_huge(napi_env env, napi_callback_info info) {
   const uintptr_t e = ((uintptr_t)data + arr_len(&c, 0) * sizeof(float)) & ~(huge - 1);
   if (data && e > b) ok = madvise((void *)b, e - b, MADV_HUGEPAGE) == 0;
 #endif
-  napi_value r;
-  napi_get_boolean(env, ok != 0, &r);
-  return r;
+  return boolean(env, ok);
 }
 
 /* ---- allocator tuning ------------------------------------------------------------------------

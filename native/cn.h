@@ -244,6 +244,9 @@ void cn_bn_stats(const float *x, float *mean, float *var, float *invstd, long n,
  * gs[(group * c + ch) * 2 + 0 / 1] = the group's mean / squared deviations as the statistics
  * kernels compute them, so that cn_bn_stats_from_groups gives cn_bn_stats's values */
 long cn_bn_group_images(long hw);
+/* whether the image chunks [ch * n / nchunks, (ch + 1) * n / nchunks) of a task split (as the
+ * weight-gradient passes cut the batch) hold whole groups of cn_bn_group_images(hw) images */
+int cn_bn_groups_in_chunks(long n, long nchunks, long hw);
 void cn_bn_group_stats(const float *y, long n, long c, long hw, long g0, long g1, long c0, long c1, float *gs);
 void cn_bn_stats_from_groups(const float *gs, long n, long c, long hw, double eps, float *mean, float *var,
                              float *invstd);

@@ -325,11 +325,11 @@ static void bias_task(void *ctx, long t, int tid) {
   for (long i = 0; i < J->P; i++) p[i] += v;
 }
 
-/* G = W (M x K, rows K apart) * col(s) into y (rows P apart, images seg_stride apart): the
- * convolution GEMM with im2col in its B packing */
-static void im2col_gemm_init(cn_gemm *G, const im2col_ctx *s, long M, long N, long K, const float *w, float *y, long P,
-                             long seg_stride) {
-  cn_gemm_init_strided(G, M, N, K, w, K, 1, NULL, 0, 0, y, P);
+/* G = W (M x K, element (i, k) at w[i * w_rs + k * w_cs]) * col(s) into y (rows P apart, images
+ * seg_stride apart): the convolution GEMM with im2col in its B packing */
+static void im2col_gemm_init(cn_gemm *G, const im2col_ctx *s, long M, long N, long K, const float *w, long w_rs,
+                             long w_cs, float *y, long P, long seg_stride) {
+  cn_gemm_init_strided(G, M, N, K, w, w_rs, w_cs, NULL, 0, 0, y, P);
   G->pack_b = pack_b_im2col;
   if (s->pointwise) G->b_direct = bdirect_pw;
   G->bctx = s;
@@ -385,7 +385,7 @@ static int conv2d_impl(const float *x, const cn_intf *tf, const float *w, const 
     im2col_init(&s, x, g->c, g->h, g->w, gr * cg, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow);
     s.tf = tf;
     cn_gemm G;
-    im2col_gemm_init(&G, &s, og, g->n * P, Kg, w + gr * og * Kg, y + gr * og * P, P, g->o * P);
+    im2col_gemm_init(&G, &s, og, g->n * P, Kg, w + gr * og * Kg, Kg, 1, y + gr * og * P, P, g->o * P);
     stats_post_ctx S = {y, gstats, g->n, g->o, P};
     if (with_stats) {
       /* the batch statistics partials of whole groups of images, by the task that computed them */
@@ -448,7 +448,7 @@ static void pointwise_one(const float *b, long K, long P, const float *w, const 
   im2col_ctx s;
   im2col_init(&s, b, K, P, 1, 0, 1, 1, 1, 1, 0, 0, P, 1);
   cn_gemm G;
-  im2col_gemm_init(&G, &s, O, P, K, w, y, P, O * P);
+  im2col_gemm_init(&G, &s, O, P, K, w, K, 1, y, P, O * P);
   G.epi = e;
   G.apre = apre;
   cn_gemm_serial(&G, 0, O, 0, P, tid);
@@ -581,12 +581,7 @@ static void pw_input_gemm(cn_gemm *G, im2col_ctx *s, const float *dy, const floa
                           long gr, long n) {
   const long cg = g->c / g->groups, og = g->o / g->groups, P = g->oh * g->ow;
   im2col_init(s, dy, g->o, g->oh, g->ow, gr * og, 1, 1, 1, 1, 0, 0, g->oh, g->ow);
-  cn_gemm_init_strided(G, cg, n * P, og, w + gr * og * cg, 1, cg, NULL, 0, 0, dx + gr * cg * P, P);
-  G->pack_b = pack_b_im2col;
-  G->b_direct = bdirect_pw;
-  G->bctx = s;
-  G->seg_len = P;
-  G->seg_stride = g->c * P;
+  im2col_gemm_init(G, s, cg, n * P, og, w + gr * og * cg, 1, cg, dx + gr * cg * P, P, g->c * P);
 }
 
 /* the batch norm + activation backward's partials of the input-gradient columns a GEMM task
@@ -931,9 +926,9 @@ static CONV_A512 void pwd_chunk_task(void *ctx, long ch, int tid) {
     for (long ob = 0; ob < to; ob++) {
       const long o0 = ob * PWD_R1, r1 = O - o0 < PWD_R1 ? O - o0 : PWD_R1;
       /* the next block of dy rows (the next image's first at the end: dy is contiguous),
-       * prefetched along this block's tiles */
-      /* with dt: this block's dy rows computed from the gradient and the batch norm's input, and
-       * the next block's rows of both prefetched along the tiles (memory and compute overlap) */
+       * prefetched along this block's tiles; with dt, this block's dy rows are first computed
+       * from the gradient and the batch norm's input, and the next block's rows of both are
+       * prefetched (memory and compute overlap) */
       if (J->dt) cn_bn_bw_apply_rows(J->dt, n, o0, o0 + r1, ds + o0 * P);
       const char *next = J->dt ? (const char *)(J->dt->g + (n * O + o0 + PWD_R1) * P)
                                : (const char *)(dn + (o0 + PWD_R1) * P);
@@ -1030,10 +1025,7 @@ int cn_conv2d_backward_pw(const float *dy, const float *x, const cn_intf *tf, co
   if (!pwd_applies(g) || g->c < 2 || (g->n < BW_MAX_CHUNKS && g->n < cn_num_threads())) return 0;
   /* the partials when asked for, with an activation in the transform, and every image group
    * inside one chunk of images */
-  const long G = cn_bn_group_images(g->oh * g->ow), nchunks = pwd_chunks(g);
-  if (!(tf && tf->act)) bnp = NULL;
-  for (long ch = 1; bnp && ch < nchunks; ch++)
-    if ((ch * g->n / nchunks) % G != 0) bnp = NULL;
+  if (!(tf && tf->act) || !cn_bn_groups_in_chunks(g->n, pwd_chunks(g), g->oh * g->ow)) bnp = NULL;
   /* more than 64 input channels (MobileNetV2's projections): only for the partials, which then
    * read x while it is in cache for the weight gradient (apart, the input gradient is faster) */
   if (g->c > 64 && !bnp) return 0;

@@ -355,6 +355,13 @@ void cn_bn_stats(const float *x, float *mean, float *var, float *invstd, long n,
 
 long cn_bn_group_images(long hw) { return bn_group_planes(hw); }
 
+int cn_bn_groups_in_chunks(long n, long nchunks, long hw) {
+  const long G = bn_group_planes(hw);
+  for (long ch = 1; ch < nchunks; ch++)
+    if ((ch * n / nchunks) % G != 0) return 0;
+  return 1;
+}
+
 /* the mean and squared deviations of groups [g0, g1) of cn_bn_group_images(hw) images (the last
  * group of the batch partial), channels [c0, c1) of y (n, c, hw), as the statistics kernels
  * compute them per group: gs[(grp * c + ci) * 2 + 0 / 1] */
@@ -589,7 +596,8 @@ void cn_bn_backward_act(const float *dy, const float *x, const float *mean, cons
 /* ---- the backward with its reductions done by the kernel that produced dy --------------------
  * parts[(grp * c + ci) * 2 + 0 / 1]: the sums of g and g * (x - mean) over image group grp
  * (cn_bn_group_images(hw) images) of channel ci, as the reduction kernels compute them per group
- * (cn_dw_backward_both); from them the parameter gradients and the apply pass's coefficients
+ * (the both-gradients passes, cn_bn_bw_group_parts); from them the parameter gradients and the
+ * apply pass's coefficients
  * (cn_bn_bw_coefs), then the apply pass, a stream over the planes (cn_bn_bw_apply), or image by
  * image inside the kernel that consumes dx (cn_bn_bw_apply_rows). */
 void cn_bn_bw_coefs(const float *parts, const float *invstd, const float *wt, float *dw, float *db, float *coef,
@@ -1349,9 +1357,7 @@ int cn_dw_backward_both(const float *dy, const float *x, const cn_intf *tf, cons
    * backward's), and every image group inside one chunk of images (a task) */
   B.G = bn_group_planes(g->h * g->w);
   B.dt = dt;
-  B.bnp = bnp && tf && tf->act ? bnp : NULL;
-  for (long ch = 1; B.bnp && ch < B.w.nchunks; ch++)
-    if ((ch * g->n / B.w.nchunks) % B.G != 0) B.bnp = NULL;
+  B.bnp = bnp && tf && tf->act && cn_bn_groups_in_chunks(g->n, B.w.nchunks, g->h * g->w) ? bnp : NULL;
   run_tasks(B.w.nchunks, dw_bwd_both_task, &B, 2 * g->n * g->o * g->oh * g->ow);
   free(B.wfl);
   dw_job_release(&B.i);
