@@ -209,9 +209,7 @@ function makeBackend(A: NativeAddon): Backend {
       const dx = out(g.n * g.c * g.h * g.w);
       const dw = out(g.o * (g.c / g.groups) * g.kh * g.kw);
       const parts = bnParts && tf && tf.act !== 0 ? out(2 * Math.ceil(g.n / A.bnGroupImages(g.h * g.w)) * g.c) : null;
-      const done = dyT
-        ? A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, parts, dyT.x, dyT.mean, dyT.scale, dyT.shift, dyT.coef, dyT.act)
-        : A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, parts);
+      const done = A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, parts, dyT ? dyT.x : null, dyT?.mean, dyT?.scale, dyT?.shift, dyT?.coef, dyT?.act);
       if (parts !== null && done !== 2) releaseOutput(parts);
       if (done) return { dx, dw, bnParts: done === 2 ? parts : null };
       releaseOutput(dx);

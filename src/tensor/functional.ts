@@ -161,10 +161,6 @@ const fuseBnBackward = typeof process === 'undefined' || process.env.CONVNETS_FU
  * activation they were computed for, checked by identity before use.
  */
 const bnBackwardPartials = new WeakMap<F32, { parts: F32; bn: BatchNormPending; act: Act }>();
-/** What a batch norm hands to the convolution that produced its input (GradFn.backwardActDeferred). */
-interface BnBackwardDeferred {
-  t: BnBackwardTransform;
-}
 
 function convPendingOf(t: Tensor): ConvPending | null {
   const p = t._pending;
@@ -290,18 +286,19 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
   const out = result(y, [n, o, oh, ow], 'Conv2dBackward', [x, weight, bias], backward);
   if (out.gradFn !== null && fuseBnBackward) {
     // gy is the batch norm + activation backward's gradient before its apply pass (t: that pass,
-    // see batchNormActBackwardDeferred): applied while reading where the backend can, else first
+    // from the batch norm's backwardActDeferred): applied while reading where the backend can,
+    // else first
     out.gradFn.backwardDeferred = (gy: F32, t: unknown): (F32 | null)[] => {
       const b = getBackend();
-      const dt = t as BnBackwardDeferred;
+      const dt = t as BnBackwardTransform;
       if (x.requiresGrad && weight.requiresGrad && !(bias && bias.requiresGrad) && b.conv2dBackwardBoth) {
-        const both = b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts(b), dt.t);
+        const both = b.conv2dBackwardBoth(gy, xv, wv, g, tf, wantParts(b), dt);
         if (both) {
           keepParts(both.dx, both.bnParts);
           return [both.dx, both.dw, null];
         }
       }
-      const dy = b.batchNormActBackwardApply!(gy, dt.t, n, o, oh * ow);
+      const dy = b.batchNormActBackwardApply!(gy, dt, n, o, oh * ow);
       const r = backward(dy);
       releaseOutput(dy);
       return r;
@@ -405,6 +402,16 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
     shift[i] = bv ? bv[i] : 0;
   }
   const pend = new BatchNormPending(xv, mean, scale, shift, null, n, c, hw);
+  // the backward's reductions done by the convolution that computed gy (for this batch norm and
+  // activation): its parameter gradients and its apply pass (taken out of the map), or null
+  const fromPartials = (b: Backend, gy: F32, act: Act): { dweight: F32; dbias: F32; t: BnBackwardTransform } | null => {
+    const bp = bnBackwardPartials.get(gy);
+    if (bp === undefined) return null;
+    bnBackwardPartials.delete(gy);
+    if (bp.bn !== pend || bp.act !== act || !b.batchNormActBackwardCoefs || !b.batchNormActBackwardApply) return null;
+    const k = b.batchNormActBackwardCoefs(bp.parts, invstd, wv, n, c, hw);
+    return { dweight: k.dweight, dbias: k.dbias, t: { x: xv, mean, scale, shift, coef: k.coef, act } };
+  };
   const out = pendingResult(pend, x.shape, {
     name: 'BatchNormBackward',
     inputs: [x, weight, bias],
@@ -414,27 +421,16 @@ export function batchNorm(x: Tensor, runningMean: Tensor | null, runningVar: Ten
     },
     backwardAct: (gy, act) => {
       const b = getBackend();
-      // the reductions done by the convolution that computed gy (for this batch norm and activation)
-      const bp = bnBackwardPartials.get(gy);
-      if (bp !== undefined) bnBackwardPartials.delete(gy);
-      if (bp !== undefined && bp.bn === pend && bp.act === act && b.batchNormActBackwardCoefs && b.batchNormActBackwardApply) {
-        const k = b.batchNormActBackwardCoefs(bp.parts, invstd, wv, n, c, hw);
-        const dx = b.batchNormActBackwardApply(gy, { x: xv, mean, scale, shift, coef: k.coef, act }, n, c, hw);
-        return [dx, k.dweight, k.dbias];
-      }
+      const p = fromPartials(b, gy, act);
+      if (p !== null) return [b.batchNormActBackwardApply!(gy, p.t, n, c, hw), p.dweight, p.dbias];
       const g = b.batchNormActBackward(gy, xv, mean, invstd, wv, scale, shift, n, c, hw, act);
       return [g.dx, g.dweight, g.dbias];
     },
     // with the partials, the apply pass is left to the convolution that produced x (its
     // backwardDeferred), which applies it while reading: dx is never stored
     backwardActDeferred: (gy, act) => {
-      const b = getBackend();
-      const bp = bnBackwardPartials.get(gy);
-      if (bp === undefined || bp.bn !== pend || bp.act !== act || !b.batchNormActBackwardCoefs || !b.batchNormActBackwardApply) return null;
-      bnBackwardPartials.delete(gy);
-      const k = b.batchNormActBackwardCoefs(bp.parts, invstd, wv, n, c, hw);
-      const t: BnBackwardDeferred = { t: { x: xv, mean, scale, shift, coef: k.coef, act } };
-      return { grads: [null, k.dweight, k.dbias], t };
+      const p = fromPartials(getBackend(), gy, act);
+      return p === null ? null : { grads: [null, p.dweight, p.dbias], t: p.t };
     },
   });
   if (tracer !== null) tracer('batch_norm', [x, runningMean, runningVar, weight, bias], out, { training: true, eps: opts.eps });
