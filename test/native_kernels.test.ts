@@ -81,6 +81,25 @@ function forEachIsa(fn: (isa: string) => void): void {
 describe('native kernels', { skip: nb ? false : `native backend unavailable: ${loaded.reason}` }, () => {
   const be = nb as Backend;
 
+  /** A batch norm + activation over x (n, c, hw) in training: its statistics, a random weight,
+   *  and the forward scale / shift it applies with */
+  const bnActOf = (x: F32, n: number, c: number, hw: number) => {
+    const st = be.batchNormStats(x, n, c, hw, 1e-5);
+    const gamma = randn(c, 0.5, 1);
+    const scale = new Float32Array(c).map((_, i) => Math.fround(st.invstd[i] * gamma[i]));
+    return { st, gamma, scale, shift: randn(c, 0.5) };
+  };
+
+  /** its backward from the partials (parameter gradients, then the apply pass) == its own, on gy */
+  const sameFromPartials = (what: string, parts: F32, gy: F32, x: F32, bn: ReturnType<typeof bnActOf>, n: number, c: number, hw: number, act: 1 | 2): void => {
+    const k = be.batchNormActBackwardCoefs!(parts, bn.st.invstd, bn.gamma, n, c, hw);
+    const dx = be.batchNormActBackwardApply!(gy, { x, mean: bn.st.mean, scale: bn.scale, shift: bn.shift, coef: k.coef, act }, n, c, hw);
+    const want = be.batchNormActBackward(gy, x, bn.st.mean, bn.st.invstd, bn.gamma, bn.scale, bn.shift, n, c, hw, act);
+    assert.deepEqual(dx, want.dx, `${what}: dx`);
+    assert.deepEqual(k.dweight, want.dweight, `${what}: dweight`);
+    assert.deepEqual(k.dbias, want.dbias, `${what}: dbias`);
+  };
+
   after(() => {
     setNativeIsa('auto');
     setNativeThreads(0);
@@ -593,10 +612,8 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       const x = randn(g.n * g.c * hw, 1.5, 0.3);
       const w = randn(g.o * (g.c / g.groups) * g.kh * g.kw, 0.5);
       const dy = randn(g.n * g.o * g.oh * g.ow);
-      const st = be.batchNormStats(x, g.n, g.c, hw, 1e-5);
-      const gamma = randn(g.c, 0.5, 1);
-      const scale = new Float32Array(g.c).map((_, i) => Math.fround(st.invstd[i] * gamma[i]));
-      const shift = randn(g.c, 0.5);
+      const bn = bnActOf(x, g.n, g.c, hw);
+      const { st, scale, shift } = bn;
       for (const act of [1, 2] as const) {
         const tf = { mean: st.mean, scale, shift, act };
         forEachIsa((isa) => {
@@ -604,12 +621,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
           const r = be.conv2dBackwardBoth!(dy, x, w, g, tf, true);
           if (isa === 'avx512' && computes !== null) assert.equal(r !== null && r.bnParts != null, computes, `${what}: partials ${computes ? '' : 'not '}expected`);
           if (r === null || !r.bnParts) return;
-          const k = be.batchNormActBackwardCoefs!(r.bnParts, st.invstd, gamma, g.n, g.c, hw);
-          const dx = be.batchNormActBackwardApply!(r.dx, { x, mean: st.mean, scale, shift, coef: k.coef, act }, g.n, g.c, hw);
-          const want = be.batchNormActBackward(r.dx, x, st.mean, st.invstd, gamma, scale, shift, g.n, g.c, hw, act);
-          assert.deepEqual(dx, want.dx, `${what}: dx`);
-          assert.deepEqual(k.dweight, want.dweight, `${what}: dweight`);
-          assert.deepEqual(k.dbias, want.dbias, `${what}: dbias`);
+          sameFromPartials(what, r.bnParts, r.dx, x, bn, g.n, g.c, hw, act);
         });
       }
       // no activation in the transform, or not asked for: no partials
@@ -697,23 +709,15 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
       const bx = randn(g.n * g.c * hw, 1.5, 0.3);
       const w = randn(g.o * g.c, 0.5);
       const dy = randn(g.n * g.o * hw);
-      const st = be.batchNormStats(bx, g.n, g.c, hw, 1e-5);
-      const gamma = randn(g.c, 0.5, 1);
-      const scale = new Float32Array(g.c).map((_, i) => Math.fround(st.invstd[i] * gamma[i]));
-      const shift = randn(g.c, 0.5);
+      const bn = bnActOf(bx, g.n, g.c, hw);
       for (const act of [1, 2] as const) {
         forEachIsa((isa) => {
           const what = `${isa} ${name} act ${act}`;
-          const r = be.conv2dBackwardInputBnParts!(dy, w, g, bx, { mean: st.mean, scale, shift, act });
+          const r = be.conv2dBackwardInputBnParts!(dy, w, g, bx, { mean: bn.st.mean, scale: bn.scale, shift: bn.shift, act });
           assert.deepEqual(r.dx, be.conv2dBackwardInput(dy, w, g), `${what}: dx`);
           assert.equal(r.bnParts !== null, computes && isa === 'avx512', `${what}: partials ${computes && isa === 'avx512' ? '' : 'not '}expected (AVX-512 only)`);
           if (!r.bnParts) return;
-          const k = be.batchNormActBackwardCoefs!(r.bnParts, st.invstd, gamma, g.n, g.c, hw);
-          const want = be.batchNormActBackward(r.dx, bx, st.mean, st.invstd, gamma, scale, shift, g.n, g.c, hw, act);
-          assert.deepEqual(k.dweight, want.dweight, `${what}: dweight`);
-          assert.deepEqual(k.dbias, want.dbias, `${what}: dbias`);
-          const dx = be.batchNormActBackwardApply!(r.dx, { x: bx, mean: st.mean, scale, shift, coef: k.coef, act }, g.n, g.c, hw);
-          assert.deepEqual(dx, want.dx, `${what}: batch norm dx`);
+          sameFromPartials(what, r.bnParts, r.dx, bx, bn, g.n, g.c, hw, act);
         });
       }
     }
