@@ -191,54 +191,80 @@ static A512 double hsum512(__m512 v) {
   return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
 }
 
+/* 8x8 planes, 3x3, padding 1: a[tap] += dy * x_tap over one plane pair with the tap masks as
+ * constants (those of cn_dw_s1_prepare; the same operations as the general loop below) */
+#define W8_M(kx) ((kx) == 0 ? 0xFEFE : (kx) == 2 ? 0x7F7F : 0xFFFF)
+#define W8_R(b, ky) ((b) == 0 && (ky) == 0 ? 0xFF00 : (b) == 3 && (ky) == 2 ? 0x00FF : 0xFFFF)
+#define W8_K(b, q) ((__mmask16)(W8_M((q) % 3) & W8_R(b, (q) / 3)))
+#define W8_OFF(q) (((q) / 3 - 1) * 8 + (q) % 3 - 1)
+#define W8_EDGE(b, q) a[q] = _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(W8_K(b, q), at(xb, W8_OFF(q))), a[q])
+#define W8_MID(b, q) a[q] = _mm512_mask3_fmadd_ps(g, _mm512_loadu_ps(xb + W8_OFF(q)), a[q], W8_K(b, q))
+#define W8_BLOCK(b, T)                                                                                                 \
+  do {                                                                                                                 \
+    const __m512 g = _mm512_loadu_ps(gp + (b)*16);                                                                    \
+    const float *xb = xp + (b)*16;                                                                                     \
+    T(b, 0); T(b, 1); T(b, 2); T(b, 3); T(b, 4); T(b, 5); T(b, 6); T(b, 7); T(b, 8);                                  \
+  } while (0)
+static A512 inline __attribute__((always_inline)) void wgrad_8x8_plane(const float *gp, const float *xp, __m512 *a) {
+  W8_BLOCK(0, W8_EDGE);
+  W8_BLOCK(1, W8_MID);
+  W8_BLOCK(2, W8_MID);
+  W8_BLOCK(3, W8_EDGE);
+}
+#undef W8_BLOCK
+#undef W8_MID
+#undef W8_EDGE
+#undef W8_OFF
+#undef W8_K
+#undef W8_R
+#undef W8_M
+
 /* acc[tap] += sum over `count` plane pairs of dy * x_tap (dy planes every dy_stride floats, x planes
  * every x_stride). Vector accumulators span all the planes and are reduced once. */
 A512 void cn_dw_s1_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
                                 const cn_dw_plan *P, double *acc) {
   const long nt = P->ntaps;
   if (nt == 9) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0;
+    __m512 a[9];
+    for (int q = 0; q < 9; q++) a[q] = _mm512_setzero_ps();
+    const int is8x8 = P->H == 8 && P->W == 8 && P->oh == 8 && P->off[0] == -9; /* (as cn_dw_s1_plane_avx512) */
     const long o0 = P->off[0], o1 = P->off[1], o2 = P->off[2], o3 = P->off[3], o4 = P->off[4], o5 = P->off[5],
                o6 = P->off[6], o7 = P->off[7], o8 = P->off[8];
     for (long i = 0; i < count; i++) {
       const float *xp = x + i * x_stride, *gp = dy + i * dy_stride;
+      if (is8x8) {
+        wgrad_8x8_plane(gp, xp, a);
+        continue;
+      }
       for (long b = 0; b < P->nblk; b++) {
         const uint16_t *m = P->masks + b * 11;
         const float *xb = at(xp, b * 16);
         if (m[10]) {
           const __m512 g = _mm512_loadu_ps(gp + b * 16);
-          a0 = _mm512_mask3_fmadd_ps(g, LD(0), a0, m[0]);
-          a1 = _mm512_mask3_fmadd_ps(g, LD(1), a1, m[1]);
-          a2 = _mm512_mask3_fmadd_ps(g, LD(2), a2, m[2]);
-          a3 = _mm512_mask3_fmadd_ps(g, LD(3), a3, m[3]);
-          a4 = _mm512_mask3_fmadd_ps(g, LD(4), a4, m[4]);
-          a5 = _mm512_mask3_fmadd_ps(g, LD(5), a5, m[5]);
-          a6 = _mm512_mask3_fmadd_ps(g, LD(6), a6, m[6]);
-          a7 = _mm512_mask3_fmadd_ps(g, LD(7), a7, m[7]);
-          a8 = _mm512_mask3_fmadd_ps(g, LD(8), a8, m[8]);
+          a[0] = _mm512_mask3_fmadd_ps(g, LD(0), a[0], m[0]);
+          a[1] = _mm512_mask3_fmadd_ps(g, LD(1), a[1], m[1]);
+          a[2] = _mm512_mask3_fmadd_ps(g, LD(2), a[2], m[2]);
+          a[3] = _mm512_mask3_fmadd_ps(g, LD(3), a[3], m[3]);
+          a[4] = _mm512_mask3_fmadd_ps(g, LD(4), a[4], m[4]);
+          a[5] = _mm512_mask3_fmadd_ps(g, LD(5), a[5], m[5]);
+          a[6] = _mm512_mask3_fmadd_ps(g, LD(6), a[6], m[6]);
+          a[7] = _mm512_mask3_fmadd_ps(g, LD(7), a[7], m[7]);
+          a[8] = _mm512_mask3_fmadd_ps(g, LD(8), a[8], m[8]);
         } else {
           const __m512 g = _mm512_maskz_loadu_ps(m[9], gp + b * 16);
-          a0 = _mm512_fmadd_ps(g, MLD(0), a0);
-          a1 = _mm512_fmadd_ps(g, MLD(1), a1);
-          a2 = _mm512_fmadd_ps(g, MLD(2), a2);
-          a3 = _mm512_fmadd_ps(g, MLD(3), a3);
-          a4 = _mm512_fmadd_ps(g, MLD(4), a4);
-          a5 = _mm512_fmadd_ps(g, MLD(5), a5);
-          a6 = _mm512_fmadd_ps(g, MLD(6), a6);
-          a7 = _mm512_fmadd_ps(g, MLD(7), a7);
-          a8 = _mm512_fmadd_ps(g, MLD(8), a8);
+          a[0] = _mm512_fmadd_ps(g, MLD(0), a[0]);
+          a[1] = _mm512_fmadd_ps(g, MLD(1), a[1]);
+          a[2] = _mm512_fmadd_ps(g, MLD(2), a[2]);
+          a[3] = _mm512_fmadd_ps(g, MLD(3), a[3]);
+          a[4] = _mm512_fmadd_ps(g, MLD(4), a[4]);
+          a[5] = _mm512_fmadd_ps(g, MLD(5), a[5]);
+          a[6] = _mm512_fmadd_ps(g, MLD(6), a[6]);
+          a[7] = _mm512_fmadd_ps(g, MLD(7), a[7]);
+          a[8] = _mm512_fmadd_ps(g, MLD(8), a[8]);
         }
       }
     }
-    acc[0] += hsum512(a0);
-    acc[1] += hsum512(a1);
-    acc[2] += hsum512(a2);
-    acc[3] += hsum512(a3);
-    acc[4] += hsum512(a4);
-    acc[5] += hsum512(a5);
-    acc[6] += hsum512(a6);
-    acc[7] += hsum512(a7);
-    acc[8] += hsum512(a8);
+    for (int q = 0; q < 9; q++) acc[q] += hsum512(a[q]);
     return;
   }
   for (long q = 0; q < nt; q++) {
@@ -544,6 +570,7 @@ int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh
                      long ow, int transposed) {
   const long ih = transposed ? oh : H, iw = transposed ? ow : W; /* the plane read */
   const long rh = transposed ? H : oh, rw = transposed ? W : ow; /* the plane written */
+  P->is4x4 = H == 4 && W == 4 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph == 1 && pw == 1 && oh == 4 && ow == 4;
   P->in_size = ih * iw;
   P->out_size = rh * rw;
   P->nin = (int)((P->in_size + 15) / 16);
@@ -631,12 +658,87 @@ A512 void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, fl
   }
 }
 
+/* 4x4 planes, 3x3, stride 1, padding 1: tap q = (ky, kx) of output lane o = (oy, ox) reads input
+ * lane o + W4_OFF(q) where W4_K(q) has o (inside the plane); the input gradient's gather of tap q
+ * reads dy lane o - W4_OFF(q), inside where W4_K(8 - q) has o. Masked loads at these constant
+ * offsets give the small-plane kernels' tap values on their lanes without the per-tap index and
+ * mask loads and permutes. */
+#define W4_K(q) ((__mmask16)(((q) % 3 == 0 ? 0xEEEE : (q) % 3 == 2 ? 0x7777 : 0xFFFF) & \
+                             ((q) / 3 == 0 ? 0xFFF0 : (q) / 3 == 2 ? 0x0FFF : 0xFFFF)))
+#define W4_OFF(q) (((q) / 3 - 1) * 4 + (q) % 3 - 1)
+
+/* cn_dw_sp_planes4_avx512 for 4x4 -> 4x4 (P->is4x4): the same FMAs in the same order */
+#define F4_TAP(q)                                                                                                      \
+  do {                                                                                                                 \
+    a0 = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[q]), _mm512_maskz_loadu_ps(W4_K(q), at(in, W4_OFF(q))), a0, W4_K(q)); \
+    a1 = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[wk_stride + q]), _mm512_maskz_loadu_ps(W4_K(q), at(in1, W4_OFF(q))), \
+                               a1, W4_K(q));                                                                           \
+    a2 = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[2 * wk_stride + q]),                                                 \
+                               _mm512_maskz_loadu_ps(W4_K(q), at(in2, W4_OFF(q))), a2, W4_K(q));                       \
+    a3 = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[3 * wk_stride + q]),                                                 \
+                               _mm512_maskz_loadu_ps(W4_K(q), at(in3, W4_OFF(q))), a3, W4_K(q));                       \
+  } while (0)
+static A512 void fwd_4x4_planes4(const float *in, long in_stride, const float *wk, long wk_stride, const float *bias,
+                                 float *out, long out_stride, const cn_dw_pepi *pe) {
+  const float *in1 = in + in_stride, *in2 = in + 2 * in_stride, *in3 = in + 3 * in_stride;
+  __m512 a0 = _mm512_set1_ps(bias ? bias[0] : 0.0f), a1 = _mm512_set1_ps(bias ? bias[1] : 0.0f);
+  __m512 a2 = _mm512_set1_ps(bias ? bias[2] : 0.0f), a3 = _mm512_set1_ps(bias ? bias[3] : 0.0f);
+  F4_TAP(0); F4_TAP(1); F4_TAP(2); F4_TAP(3); F4_TAP(4); F4_TAP(5); F4_TAP(6); F4_TAP(7); F4_TAP(8);
+  if (pe) {
+    a0 = pepi(a0, &pe[0], 0, 0xFFFF);
+    a1 = pepi(a1, &pe[1], 0, 0xFFFF);
+    a2 = pepi(a2, &pe[2], 0, 0xFFFF);
+    a3 = pepi(a3, &pe[3], 0, 0xFFFF);
+  }
+  _mm512_storeu_ps(out, a0);
+  _mm512_storeu_ps(out + out_stride, a1);
+  _mm512_storeu_ps(out + 2 * out_stride, a2);
+  _mm512_storeu_ps(out + 3 * out_stride, a3);
+}
+#undef F4_TAP
+
+/* The input gradient of 4x4 -> 4x4 planes (3x3, stride 1, padding 1, one channel per group):
+ * dx plane p (16 floats, adjacent) from dy plane p with the kernel of channel p % c, for planes
+ * p0..p1; four planes at a time (independent FMA chains), else one. Each plane's FMAs are those
+ * of cn_dw_sp_plane_avx512 with the transposed plan, in the same order (bias 0, no accumulation). */
+#define D4_TAP(j, q) d##j = _mm512_mask3_fmadd_ps(_mm512_set1_ps(w##j[q]), _mm512_maskz_loadu_ps(W4_K(8 - (q)), at(g##j, -W4_OFF(q))), d##j, W4_K(8 - (q)))
+#define D4_TAPS(j) do { D4_TAP(j, 0); D4_TAP(j, 1); D4_TAP(j, 2); D4_TAP(j, 3); D4_TAP(j, 4); D4_TAP(j, 5); D4_TAP(j, 6); D4_TAP(j, 7); D4_TAP(j, 8); } while (0)
+A512 void cn_dw_dgrad_4x4_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
+  long p = p0;
+  for (; p + 4 <= p1; p += 4) {
+    const float *g0 = dy + p * 16, *g1 = g0 + 16, *g2 = g0 + 32, *g3 = g0 + 48;
+    const float *w0 = w + (p % c) * 9, *w1 = w + ((p + 1) % c) * 9, *w2 = w + ((p + 2) % c) * 9,
+                *w3 = w + ((p + 3) % c) * 9;
+    __m512 d0 = _mm512_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
+    D4_TAPS(0); /* (four independent chains: the compiler interleaves them) */
+    D4_TAPS(1);
+    D4_TAPS(2);
+    D4_TAPS(3);
+    _mm512_storeu_ps(dx + p * 16, d0);
+    _mm512_storeu_ps(dx + p * 16 + 16, d1);
+    _mm512_storeu_ps(dx + p * 16 + 32, d2);
+    _mm512_storeu_ps(dx + p * 16 + 48, d3);
+  }
+  for (; p < p1; p++) {
+    const float *g0 = dy + p * 16, *w0 = w + (p % c) * 9;
+    __m512 d0 = _mm512_setzero_ps();
+    D4_TAPS(0);
+    _mm512_storeu_ps(dx + p * 16, d0);
+  }
+}
+#undef D4_TAPS
+#undef D4_TAP
+
 /* Four planes at once (planes of at most 16 values in and out: one vector each), so that four
  * independent accumulator chains hide the FMA latency that bounds a single small plane. Plane q
  * reads in + q * in_stride with the weights wk + q * wk_stride; each plane's arithmetic is that of
  * cn_dw_sp_plane_avx512. */
 A512 void cn_dw_sp_planes4_avx512(const float *in, long in_stride, const float *wk, long wk_stride, const float *bias,
                                   float *out, long out_stride, const cn_dw_sp_plan *P, const cn_dw_pepi *pe) {
+  if (P->is4x4) {
+    fwd_4x4_planes4(in, in_stride, wk, wk_stride, bias, out, out_stride, pe);
+    return;
+  }
   const __mmask16 mi = sp_tail(P->in_size), mo = sp_tail(P->out_size);
   const __m512 r0 = _mm512_maskz_loadu_ps(mi, in), r1 = _mm512_maskz_loadu_ps(mi, in + in_stride);
   const __m512 r2 = _mm512_maskz_loadu_ps(mi, in + 2 * in_stride), r3 = _mm512_maskz_loadu_ps(mi, in + 3 * in_stride);
@@ -664,11 +766,37 @@ A512 void cn_dw_sp_planes4_avx512(const float *in, long in_stride, const float *
   _mm512_mask_storeu_ps(out + 3 * out_stride, mo, a3);
 }
 
+/* 4x4 planes, 3x3, stride 1, padding 1 (one vector per plane): a[tap] += dy * x_tap over `count`
+ * plane pairs with the taps as masked loads at constant offsets (the lanes and the order of the
+ * permute kernel below, without its per-tap index and mask loads) */
+#define W4_TAP(q) a[q] = _mm512_mask3_fmadd_ps(g, _mm512_maskz_loadu_ps(W4_K(q), at(xp, W4_OFF(q))), a[q], W4_K(q))
+static A512 void wgrad_4x4(const float *dy, long dy_stride, const float *x, long x_stride, long count, double *acc) {
+  __m512 a[9];
+  for (int q = 0; q < 9; q++) a[q] = _mm512_setzero_ps();
+  for (long i = 0; i < count; i++) {
+    if (i + 6 < count) {
+      _mm_prefetch((const char *)(x + (i + 6) * x_stride), _MM_HINT_T0);
+      _mm_prefetch((const char *)(dy + (i + 6) * dy_stride), _MM_HINT_T0);
+    }
+    const float *xp = x + i * x_stride;
+    const __m512 g = _mm512_loadu_ps(dy + i * dy_stride);
+    W4_TAP(0); W4_TAP(1); W4_TAP(2); W4_TAP(3); W4_TAP(4); W4_TAP(5); W4_TAP(6); W4_TAP(7); W4_TAP(8);
+  }
+  for (int q = 0; q < 9; q++) acc[q] += hsum512(a[q]);
+}
+#undef W4_TAP
+#undef W4_OFF
+#undef W4_K
+
 /* acc[tap] += sum over `count` plane pairs (dy planes every dy_stride floats, x planes every
  * x_stride) of dy * x_tap, with the forward plan (dy = its output, x = its input) */
 A512 void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
                                 const cn_dw_sp_plan *P, double *acc) {
   const long nt = P->ntaps;
+  if (P->is4x4) {
+    wgrad_4x4(dy, dy_stride, x, x_stride, count, acc);
+    return;
+  }
   for (long q0 = 0; q0 < nt; q0 += 9) {
     const long q1 = q0 + 9 < nt ? q0 + 9 : nt;
     __m512 a[9];
@@ -745,6 +873,9 @@ int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh
   return 0;
 }
 void cn_dw_sp_release(cn_dw_sp_plan *P) { (void)P; }
+void cn_dw_dgrad_4x4_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
+  (void)dy, (void)w, (void)c, (void)p0, (void)p1, (void)dx;
+}
 void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, float *out, const cn_dw_sp_plan *P,
                            int accumulate, const cn_dw_pepi *pe) {
   (void)in, (void)wk, (void)bias, (void)out, (void)P, (void)accumulate, (void)pe;

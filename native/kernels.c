@@ -1035,6 +1035,10 @@ static void dw_bwd_in_task(void *ctx, long t, int tid) {
     }
     return;
   }
+  if (J->sp && J->sp->is4x4 && J->mult == 1) {
+    cn_dw_dgrad_4x4_avx512(J->x, J->w, g->c, p0, p1, (float *)J->y);
+    return;
+  }
   if (J->sp) {
     /* dx = sum_m of dy planes gathered through the transposed plan */
     for (long pl = p0; pl < p1; pl++) {

@@ -162,6 +162,10 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['depthwise 3x3 s1 p1 8x8, multiplier 2 (input gradient accumulates)', 2, 6, 8, 8, 12, 3, 3, 1, 1, 1, 1, 6, false],
     ['depthwise 3x3 s2 p1 8x8', 3, 20, 8, 8, 20, 3, 3, 2, 2, 1, 1, 20, false],
     ['depthwise 3x3 s1 p1 4x4', 5, 12, 4, 4, 12, 3, 3, 1, 1, 1, 1, 12, false],
+    // 4x4 and 8x8 3x3 s1 p1: constant-mask kernels (input gradient four planes at a time, groups
+    // of four spanning images, then single planes: 3 x 7 planes)
+    ['depthwise 3x3 s1 p1 4x4, 7 channels (planes in fours across images)', 3, 7, 4, 4, 7, 3, 3, 1, 1, 1, 1, 7, true],
+    ['depthwise 3x3 s1 p1 4x4, multiplier 2', 3, 5, 4, 4, 10, 3, 3, 1, 1, 1, 1, 5, false],
     ['depthwise 5x5 s2 p2 8x8, multiplier 2', 2, 6, 8, 8, 12, 5, 5, 2, 2, 2, 2, 6, true],
     ['depthwise 7x7 s1 p3 6x5', 2, 4, 6, 5, 4, 7, 7, 1, 1, 3, 3, 4, false],
     ['depthwise 3x3 s2 p1 16x16', 3, 10, 16, 16, 10, 3, 3, 2, 2, 1, 1, 10, false],
