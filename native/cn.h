@@ -353,9 +353,13 @@ typedef struct {
   uint16_t *mask; /* [nout][ntaps] lanes that read the plane (not padding, not past the output) */
   uint16_t *hi;   /* [nout][ntaps] lanes whose source is >= 32 */
   int is4x4;      /* the convolution is 4x4 -> 4x4, 3x3, stride 1, padding 1 (either plan) */
+  int is2x2;      /* the same for 2x2 -> 2x2 */
 } cn_dw_sp_plan;
 int cn_dw_sp_applicable(long in_hw, long out_hw, long ntaps);
 void cn_dw_dgrad_4x4_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx);
+void cn_dw_dgrad_2x2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx);
+void cn_dw_wgrad_2x2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                            const cn_intf *tf, long c0, double *acc);
 int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh,
                      long ow, int transposed);
 void cn_dw_sp_release(cn_dw_sp_plan *P);

@@ -570,6 +570,7 @@ int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh
                      long ow, int transposed) {
   const long ih = transposed ? oh : H, iw = transposed ? ow : W; /* the plane read */
   const long rh = transposed ? H : oh, rw = transposed ? W : ow; /* the plane written */
+  P->is2x2 = H == 2 && W == 2 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph == 1 && pw == 1 && oh == 2 && ow == 2;
   P->is4x4 = H == 4 && W == 4 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph == 1 && pw == 1 && oh == 4 && ow == 4;
   P->in_size = ih * iw;
   P->out_size = rh * rw;
@@ -658,6 +659,135 @@ A512 void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, fl
   }
 }
 
+/* 2x2 planes, 3x3, stride 1, padding 1, four adjacent planes in one vector (one 128-bit lane
+ * each): tap q = (ky, kx) of output lane l = (oy, ox) reads lane V2_SRC of its own plane where
+ * V2_OK (an in-lane permute with a constant selector, V2_IMM, and a constant mask, V2_M); the
+ * input gradient's gather of tap q is the forward tap 8 - q. Each plane's lanes see the small-plane
+ * kernels' FMAs in their order, so the results are the same floats. */
+#define V2_Y(l, ky) (((l) >> 1) + (ky) - 1)
+#define V2_X(l, kx) (((l) & 1) + (kx) - 1)
+#define V2_OK(l, q) (V2_Y(l, (q) / 3) >= 0 && V2_Y(l, (q) / 3) <= 1 && V2_X(l, (q) % 3) >= 0 && V2_X(l, (q) % 3) <= 1)
+#define V2_SRC(l, q) (V2_OK(l, q) ? V2_Y(l, (q) / 3) * 2 + V2_X(l, (q) % 3) : 0)
+#define V2_IMM(q) (V2_SRC(0, q) | V2_SRC(1, q) << 2 | V2_SRC(2, q) << 4 | V2_SRC(3, q) << 6)
+#define V2_M(q) ((__mmask16)((V2_OK(0, q) | V2_OK(1, q) << 1 | V2_OK(2, q) << 2 | V2_OK(3, q) << 3) * 0x1111))
+#define V2_TAP(v, q) _mm512_permute_ps(v, V2_IMM(q))
+
+/* the scalars s[0], s[stride], s[2*stride], s[3*stride], each over its plane's four lanes */
+static A512 inline __m512 v2_per_plane(const float *s, long stride) {
+  const __m512 a = _mm512_mask_mov_ps(_mm512_set1_ps(s[0]), 0x00F0, _mm512_set1_ps(s[stride]));
+  const __m512 b = _mm512_mask_mov_ps(a, 0x0F00, _mm512_set1_ps(s[2 * stride]));
+  return _mm512_mask_mov_ps(b, 0xF000, _mm512_set1_ps(s[3 * stride]));
+}
+
+/* the nine taps' weights of four adjacent channels' kernels (wk, 9 apart), each over its plane */
+static A512 inline void v2_weights(const float *wk, __m512 *wq) {
+  const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16), w2 = _mm512_maskz_loadu_ps(0x000F, wk + 32);
+  for (int q = 0; q < 9; q++) {
+    const __m512i ix = _mm512_add_epi32(_mm512_set_epi32(27, 27, 27, 27, 18, 18, 18, 18, 9, 9, 9, 9, 0, 0, 0, 0),
+                                        _mm512_set1_epi32(q));
+    __m512 v = _mm512_permutex2var_ps(w0, ix, w1); /* indexes below 32 */
+    if (q >= 5) v = _mm512_mask_permutexvar_ps(v, 0xF000, _mm512_set1_epi32(27 + q - 32), w2);
+    wq[q] = v;
+  }
+}
+
+/* forward (cn_dw_sp_planes4_avx512 on 2x2 planes, 4 floats apart): four planes of one image */
+static A512 void fwd_2x2_planes4(const float *in, const float *wk, const float *bias, float *out,
+                                 const cn_dw_pepi *pe) {
+  __m512 wq[9];
+  v2_weights(wk, wq);
+  const __m512 x = _mm512_loadu_ps(in);
+  __m512 a = bias ? v2_per_plane(bias, 1) : _mm512_setzero_ps();
+#define F2(q) a = _mm512_mask3_fmadd_ps(wq[q], V2_TAP(x, q), a, V2_M(q))
+  F2(0); F2(1); F2(2); F2(3); F2(4); F2(5); F2(6); F2(7); F2(8);
+#undef F2
+  if (pe) { /* pepi per plane: its scalars over its lanes, its residual plane's 4 floats */
+    const float m[4] = {pe[0].m, pe[1].m, pe[2].m, pe[3].m}, k[4] = {pe[0].k, pe[1].k, pe[2].k, pe[3].k};
+    const float bt[4] = {pe[0].bt, pe[1].bt, pe[2].bt, pe[3].bt};
+    a = cn512_bn(a, v2_per_plane(m, 1), v2_per_plane(k, 1), v2_per_plane(bt, 1));
+    if (pe[0].res) {
+      __m512 r = _mm512_castps128_ps512(_mm_loadu_ps(pe[0].res));
+      r = _mm512_insertf32x4(r, _mm_loadu_ps(pe[1].res), 1);
+      r = _mm512_insertf32x4(r, _mm_loadu_ps(pe[2].res), 2);
+      r = _mm512_insertf32x4(r, _mm_loadu_ps(pe[3].res), 3);
+      a = _mm512_add_ps(r, a);
+    }
+    a = cn512_act(a, pe[0].act);
+  }
+  _mm512_storeu_ps(out, a);
+}
+
+/* The input gradient of 2x2 -> 2x2 planes (3x3, stride 1, padding 1, one channel per group):
+ * dx plane p from dy plane p (4 floats each, adjacent) with the kernel of channel p % c, planes
+ * p0..p1: four at a time where they are four adjacent channels of one image (c0 % 4 == 0), else
+ * one by one. The FMAs of the stride-1 path it replaces (cn_dw_s1_plane_avx512 on dy with the
+ * flipped kernel: two chains, taps alternating, zero-masked tap values), in its order. */
+A512 void cn_dw_dgrad_2x2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
+  for (long p = p0; p < p1;) {
+    const long ch = p % c;
+    const int four = ch % 4 == 0 && ch + 4 <= c && p + 4 <= p1;
+    const __mmask16 lanes = four ? 0xFFFF : 0x000F;
+    __m512 wq[9];
+    if (four)
+      v2_weights(w + ch * 9, wq);
+    else
+      for (int q = 0; q < 9; q++) wq[q] = _mm512_set1_ps(w[ch * 9 + q]);
+    const __m512 g = _mm512_maskz_loadu_ps(lanes, dy + p * 4);
+    __m512 a = _mm512_setzero_ps(), a2 = _mm512_setzero_ps();
+    /* flipped tap f = 8 - q (weight q) on chain f % 2, zeros outside the plane */
+#define D2(f, acc) acc = _mm512_fmadd_ps(wq[8 - (f)], _mm512_maskz_permute_ps(V2_M(f), g, V2_IMM(f)), acc)
+    D2(0, a); D2(1, a2); D2(2, a); D2(3, a2); D2(4, a); D2(5, a2); D2(6, a); D2(7, a2); D2(8, a);
+#undef D2
+    _mm512_mask_storeu_ps(dx + p * 4, lanes, _mm512_add_ps(a, a2));
+    p += four ? 4 : 1;
+  }
+}
+
+/* the double sum of one plane's four lanes of v (plane j), as hsum512 adds a vector whose other
+ * lanes are zero: ((l0 + l2) + (l1 + l3)) after adding zeros */
+static A512 inline double v2_plane_sum(__m512 v, int j) {
+  __m128 l;
+  switch (j) {
+  case 0: l = _mm512_extractf32x4_ps(v, 0); break;
+  case 1: l = _mm512_extractf32x4_ps(v, 1); break;
+  case 2: l = _mm512_extractf32x4_ps(v, 2); break;
+  default: l = _mm512_extractf32x4_ps(v, 3); break;
+  }
+  const __m256d d = _mm256_add_pd(_mm256_cvtps_pd(l), _mm256_setzero_pd());
+  const __m128d t = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd(d, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+}
+
+/* acc[j * 9 + tap] += sum over `count` images of dy * x_tap for the four adjacent 2x2 planes
+ * j = 0..3 of channels c0..c0+3 (dy and x: the four planes' 16 floats every dy_stride / x_stride),
+ * x through the input transform tf (or NULL) as cn_intf_rows would: cn_dw_sp_wgrad_avx512's FMAs
+ * and reductions per plane */
+A512 void cn_dw_wgrad_2x2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                                 const cn_intf *tf, long c0, double *acc) {
+  __m512 a[9];
+  for (int q = 0; q < 9; q++) a[q] = _mm512_setzero_ps();
+  __m512 tm = _mm512_setzero_ps(), tk = tm, tb = tm;
+  if (tf) {
+    tm = v2_per_plane(tf->mean + c0, 1);
+    tk = v2_per_plane(tf->scale + c0, 1);
+    tb = v2_per_plane(tf->shift + c0, 1);
+  }
+  for (long i = 0; i < count; i++) {
+    if (i + 6 < count) {
+      _mm_prefetch((const char *)(x + (i + 6) * x_stride), _MM_HINT_T0);
+      _mm_prefetch((const char *)(dy + (i + 6) * dy_stride), _MM_HINT_T0);
+    }
+    __m512 xv = _mm512_loadu_ps(x + i * x_stride);
+    if (tf) xv = cn512_tf(xv, tm, tk, tb, tf->act);
+    const __m512 g = _mm512_loadu_ps(dy + i * dy_stride);
+#define W2(q) a[q] = _mm512_mask3_fmadd_ps(g, V2_TAP(xv, q), a[q], V2_M(q))
+    W2(0); W2(1); W2(2); W2(3); W2(4); W2(5); W2(6); W2(7); W2(8);
+#undef W2
+  }
+  for (int j = 0; j < 4; j++)
+    for (int q = 0; q < 9; q++) acc[j * 9 + q] += v2_plane_sum(a[q], j);
+}
+
 /* 4x4 planes, 3x3, stride 1, padding 1: tap q = (ky, kx) of output lane o = (oy, ox) reads input
  * lane o + W4_OFF(q) where W4_K(q) has o (inside the plane); the input gradient's gather of tap q
  * reads dy lane o - W4_OFF(q), inside where W4_K(8 - q) has o. Masked loads at these constant
@@ -737,6 +867,10 @@ A512 void cn_dw_sp_planes4_avx512(const float *in, long in_stride, const float *
                                   float *out, long out_stride, const cn_dw_sp_plan *P, const cn_dw_pepi *pe) {
   if (P->is4x4) {
     fwd_4x4_planes4(in, in_stride, wk, wk_stride, bias, out, out_stride, pe);
+    return;
+  }
+  if (P->is2x2 && in_stride == 4 && out_stride == 4 && wk_stride == 9) {
+    fwd_2x2_planes4(in, wk, bias, out, pe);
     return;
   }
   const __mmask16 mi = sp_tail(P->in_size), mo = sp_tail(P->out_size);
@@ -875,6 +1009,13 @@ int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh
 void cn_dw_sp_release(cn_dw_sp_plan *P) { (void)P; }
 void cn_dw_dgrad_4x4_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
   (void)dy, (void)w, (void)c, (void)p0, (void)p1, (void)dx;
+}
+void cn_dw_dgrad_2x2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
+  (void)dy, (void)w, (void)c, (void)p0, (void)p1, (void)dx;
+}
+void cn_dw_wgrad_2x2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                            const cn_intf *tf, long c0, double *acc) {
+  (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)tf, (void)c0, (void)acc;
 }
 void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, float *out, const cn_dw_sp_plan *P,
                            int accumulate, const cn_dw_pepi *pe) {

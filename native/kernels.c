@@ -760,7 +760,11 @@ static int dw_sp_plan(cn_dw_sp_plan *P, const cn_conv_geom *g, int transposed) {
   const int strided = g->sh != 1 || g->sw != 1;
   /* stride 1: the input gradient of small planes, and forward planes of one vector (4x4, 2x2: four
    * planes at a time, cn_dw_sp_planes4_avx512) */
-  if (!strided && !(transposed && g->h * g->w > 8 && g->h * g->w <= 32) && !(!transposed && in_hw <= 16 && out_hw <= 16))
+  /* (the transposed 2x2 plan only marks the geometry for cn_dw_dgrad_2x2_avx512: one channel per group) */
+  const int t2x2 = transposed && g->h == 2 && g->w == 2 && g->kh == 3 && g->kw == 3 && g->ph == 1 && g->pw == 1 &&
+                   g->o == g->c;
+  if (!strided && !(transposed && g->h * g->w > 8 && g->h * g->w <= 32) && !t2x2 &&
+      !(!transposed && in_hw <= 16 && out_hw <= 16))
     return 0;
   return cn_dw_sp_prepare(P, g->h, g->w, g->kh, g->kw, g->sh, g->sw, g->ph, g->pw, g->oh, g->ow, transposed);
 }
@@ -1039,6 +1043,10 @@ static void dw_bwd_in_task(void *ctx, long t, int tid) {
     cn_dw_dgrad_4x4_avx512(J->x, J->w, g->c, p0, p1, (float *)J->y);
     return;
   }
+  if (J->sp && J->sp->is2x2 && J->mult == 1) {
+    cn_dw_dgrad_2x2_avx512(J->x, J->w, g->c, p0, p1, (float *)J->y);
+    return;
+  }
   if (J->sp) {
     /* dx = sum_m of dy planes gathered through the transposed plan */
     for (long pl = p0; pl < p1; pl++) {
@@ -1201,7 +1209,18 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
     if (!ph || !dyp) abort();
   }
   const long hw = g->h * g->w;
-  for (long oc = 0; oc < g->o; oc++) {
+  long oc0 = 0;
+  if (J->sp && J->sp->is2x2 && J->mult == 1) /* four channels at a time (one vector per image), the rest below */
+    for (; oc0 + 4 <= g->o; oc0 += 4) {
+      if (oc0 + 8 < g->o)
+        for (long n = n0; n < n1; n++) {
+          __builtin_prefetch(J->x + (n * g->c + oc0 + 8) * hw);
+          __builtin_prefetch(J->b + (n * g->o + oc0 + 8) * ohw);
+        }
+      cn_dw_wgrad_2x2_avx512(J->b + (n0 * g->o + oc0) * ohw, g->o * ohw, J->x + (n0 * g->c + oc0) * hw, g->c * hw,
+                             n1 - n0, J->tf, oc0, acc + oc0 * khw);
+    }
+  for (long oc = oc0; oc < g->o; oc++) {
     if (oc + DW_PREFETCH_CHANNELS < g->o) {
       const long pc = oc + DW_PREFETCH_CHANNELS, pic = pc / J->mult;
       for (long n = n0; n < n1; n++) {

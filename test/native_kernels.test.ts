@@ -166,6 +166,9 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     // of four spanning images, then single planes: 3 x 7 planes)
     ['depthwise 3x3 s1 p1 4x4, 7 channels (planes in fours across images)', 3, 7, 4, 4, 7, 3, 3, 1, 1, 1, 1, 7, true],
     ['depthwise 3x3 s1 p1 4x4, multiplier 2', 3, 5, 4, 4, 10, 3, 3, 1, 1, 1, 1, 5, false],
+    // 2x2: four adjacent channels' planes in one vector (7 channels: fours, then single planes)
+    ['depthwise 3x3 s1 p1 2x2, 7 channels (four planes per vector, then one)', 3, 7, 2, 2, 7, 3, 3, 1, 1, 1, 1, 7, true],
+    ['depthwise 3x3 s1 p1 2x2, multiplier 2', 2, 6, 2, 2, 12, 3, 3, 1, 1, 1, 1, 6, false],
     ['depthwise 5x5 s2 p2 8x8, multiplier 2', 2, 6, 8, 8, 12, 5, 5, 2, 2, 2, 2, 6, true],
     ['depthwise 7x7 s1 p3 6x5', 2, 4, 6, 5, 4, 7, 7, 1, 1, 3, 3, 4, false],
     ['depthwise 3x3 s2 p1 16x16', 3, 10, 16, 16, 10, 3, 3, 2, 2, 1, 1, 10, false],
