@@ -571,6 +571,8 @@ int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh
   const long ih = transposed ? oh : H, iw = transposed ? ow : W; /* the plane read */
   const long rh = transposed ? H : oh, rw = transposed ? W : ow; /* the plane written */
   P->is2x2 = H == 2 && W == 2 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph == 1 && pw == 1 && oh == 2 && ow == 2;
+  P->transposed = transposed;
+  P->is8s2 = H == 8 && W == 8 && kh == 3 && kw == 3 && sh == 2 && sw == 2 && ph == 1 && pw == 1 && oh == 4 && ow == 4;
   P->is4x4 = H == 4 && W == 4 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph == 1 && pw == 1 && oh == 4 && ow == 4;
   P->in_size = ih * iw;
   P->out_size = rh * rw;
@@ -642,8 +644,101 @@ static A512 inline __m512 sp_tap(const cn_dw_sp_plan *P, size_t e, const __m512 
   return _mm512_mask_blend_ps(P->hi[e], lo, _mm512_permutex2var_ps(r[2], ix, r[3]));
 }
 
+/* ---- 8x8 -> 4x4, 3x3, stride 2, padding 1 (MobileNet's 8x8 -> 4x4 layers): parity sub-planes ------
+ * Output lane l = (i, j) of tap q = (ky, kx) reads x(2i + ky - 1, 2j + kx - 1), which is lane
+ * l - S8_SHIFT(q) of the parity sub-plane X_ab(i, j) = x(2i + a, 2j + b) with a = ky != 1,
+ * b = kx != 1 (one vector each, made by two permutes and a blend), inside where S8_M(q) has l.
+ * So the nine tap vectors cost four sub-planes and five lane shifts instead of one or two
+ * permutes with loaded indices per tap; each lane sees the small-plane kernels' FMAs in their
+ * order (the same floats). */
+#define S8_SHIFT(q) (((q) / 3 == 0 ? 4 : 0) + ((q) % 3 == 0 ? 1 : 0))
+#define S8_M(q) ((__mmask16)(((q) / 3 == 0 ? 0xFFF0 : 0xFFFF) & ((q) % 3 == 0 ? 0xEEEE : 0xFFFF)))
+/* lanes moved up by s (lane l from l - s, zeros below), s a constant 0..15 */
+#define S8_UP(v, s) ((s) ? _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), _mm512_setzero_si512(), 16 - (s))) : (v))
+/* lanes moved down by s (lane l from l + s, zeros above) */
+#define S8_DOWN(v, s) ((s) ? _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_setzero_si512(), _mm512_castps_si512(v), (s))) : (v))
+
+/* the nine tap vectors of the 8x8 plane x (lanes outside S8_M(q) are don't-care) */
+static A512 inline __attribute__((always_inline)) void s8_taps(const float *x, __m512 *t) {
+  const __m512 r0 = _mm512_loadu_ps(x), r1 = _mm512_loadu_ps(x + 16), r2 = _mm512_loadu_ps(x + 32),
+               r3 = _mm512_loadu_ps(x + 48);
+  /* X_ab lane 4i + j = x[(2i + a) * 8 + 2j + b]: rows 0-3 from (r0, r1), rows 4-7 from (r2, r3) */
+  const __m512i base = _mm512_set_epi32(22, 20, 18, 16, 6, 4, 2, 0, 22, 20, 18, 16, 6, 4, 2, 0);
+  __m512 X[4];
+  for (int ab = 0; ab < 4; ab++) {
+    const __m512i ix = _mm512_add_epi32(base, _mm512_set1_epi32((ab >> 1) * 8 + (ab & 1)));
+    X[ab] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(r0, ix, r1), _mm512_permutex2var_ps(r2, ix, r3));
+  }
+#define S8_T(q) t[q] = S8_UP(X[((q) / 3 != 1) * 2 + ((q) % 3 != 1)], S8_SHIFT(q))
+  S8_T(0); S8_T(1); S8_T(2); S8_T(3); S8_T(4); S8_T(5); S8_T(6); S8_T(7); S8_T(8);
+#undef S8_T
+}
+
+/* cn_dw_sp_plane_avx512's forward plane (no accumulation) */
+static A512 void fwd_8x8s2_plane(const float *in, const float *wk, float bias, float *out, const cn_dw_pepi *pe) {
+  __m512 t[9];
+  s8_taps(in, t);
+  __m512 acc = _mm512_set1_ps(bias);
+#define F8(q) acc = _mm512_mask3_fmadd_ps(_mm512_set1_ps(wk[q]), t[q], acc, S8_M(q))
+  F8(0); F8(1); F8(2); F8(3); F8(4); F8(5); F8(6); F8(7); F8(8);
+#undef F8
+  if (pe) acc = pepi(acc, pe, 0, 0xFFFF);
+  _mm512_storeu_ps(out, acc);
+}
+
+/* cn_dw_sp_wgrad_avx512 for 8x8 -> 4x4 stride 2 */
+static A512 void wgrad_8x8s2(const float *dy, long dy_stride, const float *x, long x_stride, long count, double *acc) {
+  __m512 a[9];
+  for (int q = 0; q < 9; q++) a[q] = _mm512_setzero_ps();
+  for (long i = 0; i < count; i++) {
+    if (i + 6 < count) {
+      for (long o = 0; o < 64; o += 16) _mm_prefetch((const char *)(x + (i + 6) * x_stride + o), _MM_HINT_T0);
+      _mm_prefetch((const char *)(dy + (i + 6) * dy_stride), _MM_HINT_T0);
+    }
+    __m512 t[9];
+    s8_taps(x + i * x_stride, t);
+    const __m512 g = _mm512_loadu_ps(dy + i * dy_stride);
+#define W8S(q) a[q] = _mm512_mask3_fmadd_ps(g, t[q], a[q], S8_M(q))
+    W8S(0); W8S(1); W8S(2); W8S(3); W8S(4); W8S(5); W8S(6); W8S(7); W8S(8);
+#undef W8S
+  }
+  for (int q = 0; q < 9; q++) acc[q] += hsum512(a[q]);
+}
+
+/* The input gradient of one 8x8 -> 4x4 stride-2 plane (dx: 64 floats from dy: 16, kernel wk):
+ * dx(2i + a, 2j + b) gathers dy(i + (a && ky == 0), j + (b && kx == 0)) for the taps with
+ * ky == 1 unless a, kx == 1 unless b: the four parity classes as vectors (taps in q order, as
+ * the transposed small-plane plan applies them), then interleaved into the plane's rows. */
+A512 void cn_dw_dgrad_8x8s2_avx512(const float *dyp, const float *wk, float *dx) {
+  const __m512 d = _mm512_loadu_ps(dyp);
+  const __m512 d1 = S8_DOWN(d, 1), d4 = S8_DOWN(d, 4), d5 = S8_DOWN(d, 5);
+  const __m512 z = _mm512_setzero_ps();
+#define WQ(q) _mm512_set1_ps(wk[q])
+  const __m512 e00 = _mm512_mask3_fmadd_ps(WQ(4), d, z, 0xFFFF);
+  __m512 e01 = _mm512_mask3_fmadd_ps(WQ(3), d1, z, 0x7777);
+  e01 = _mm512_mask3_fmadd_ps(WQ(5), d, e01, 0xFFFF);
+  __m512 e10 = _mm512_mask3_fmadd_ps(WQ(1), d4, z, 0x0FFF);
+  e10 = _mm512_mask3_fmadd_ps(WQ(7), d, e10, 0xFFFF);
+  __m512 e11 = _mm512_mask3_fmadd_ps(WQ(0), d5, z, 0x0777);
+  e11 = _mm512_mask3_fmadd_ps(WQ(2), d4, e11, 0x0FFF);
+  e11 = _mm512_mask3_fmadd_ps(WQ(6), d1, e11, 0x7777);
+  e11 = _mm512_mask3_fmadd_ps(WQ(8), d, e11, 0xFFFF);
+#undef WQ
+  /* rows 2b (e00 / e01 alternating) and 2b + 1 (e10 / e11) of block b */
+  const __m512i base = _mm512_set_epi32(19, 3, 18, 2, 17, 1, 16, 0, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int b = 0; b < 4; b++) {
+    const __m512i ix = _mm512_add_epi32(base, _mm512_set1_epi32(4 * b));
+    _mm512_storeu_ps(dx + 16 * b, _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(e00, ix, e01),
+                                                       _mm512_permutex2var_ps(e10, ix, e11)));
+  }
+}
+
 A512 void cn_dw_sp_plane_avx512(const float *in, const float *wk, float bias, float *out, const cn_dw_sp_plan *P,
                                 int accumulate, const cn_dw_pepi *pe) {
+  if (P->is8s2 && !P->transposed && !accumulate) {
+    fwd_8x8s2_plane(in, wk, bias, out, pe);
+    return;
+  }
   __m512 r[4];
   sp_load(in, P->in_size, r);
   for (long b = 0; b < P->nout; b++) {
@@ -931,6 +1026,10 @@ A512 void cn_dw_sp_wgrad_avx512(const float *dy, long dy_stride, const float *x,
     wgrad_4x4(dy, dy_stride, x, x_stride, count, acc);
     return;
   }
+  if (P->is8s2 && !P->transposed) {
+    wgrad_8x8s2(dy, dy_stride, x, x_stride, count, acc);
+    return;
+  }
   for (long q0 = 0; q0 < nt; q0 += 9) {
     const long q1 = q0 + 9 < nt ? q0 + 9 : nt;
     __m512 a[9];
@@ -1013,6 +1112,7 @@ void cn_dw_dgrad_4x4_avx512(const float *dy, const float *w, long c, long p0, lo
 void cn_dw_dgrad_2x2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
   (void)dy, (void)w, (void)c, (void)p0, (void)p1, (void)dx;
 }
+void cn_dw_dgrad_8x8s2_avx512(const float *dyp, const float *wk, float *dx) { (void)dyp, (void)wk, (void)dx; }
 void cn_dw_wgrad_2x2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
                             const cn_intf *tf, long c0, double *acc) {
   (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)tf, (void)c0, (void)acc;

@@ -1047,6 +1047,11 @@ static void dw_bwd_in_task(void *ctx, long t, int tid) {
     cn_dw_dgrad_2x2_avx512(J->x, J->w, g->c, p0, p1, (float *)J->y);
     return;
   }
+  if (J->sp && J->sp->is8s2 && J->sp->transposed && J->mult == 1) {
+    for (long pl = p0; pl < p1; pl++)
+      cn_dw_dgrad_8x8s2_avx512(J->x + pl * 16, J->w + (pl % g->c) * khw, (float *)J->y + pl * 64);
+    return;
+  }
   if (J->sp) {
     /* dx = sum_m of dy planes gathered through the transposed plan */
     for (long pl = p0; pl < p1; pl++) {

@@ -161,6 +161,7 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['depthwise 3x3 s1 p1 8x8', 3, 20, 8, 8, 20, 3, 3, 1, 1, 1, 1, 20, true],
     ['depthwise 3x3 s1 p1 8x8, multiplier 2 (input gradient accumulates)', 2, 6, 8, 8, 12, 3, 3, 1, 1, 1, 1, 6, false],
     ['depthwise 3x3 s2 p1 8x8', 3, 20, 8, 8, 20, 3, 3, 2, 2, 1, 1, 20, false],
+    ['depthwise 3x3 s2 p1 8x8, multiplier 2 (input gradient accumulates)', 3, 6, 8, 8, 12, 3, 3, 2, 2, 1, 1, 6, true],
     ['depthwise 3x3 s1 p1 4x4', 5, 12, 4, 4, 12, 3, 3, 1, 1, 1, 1, 12, false],
     // 4x4 and 8x8 3x3 s1 p1: constant-mask kernels (input gradient four planes at a time, groups
     // of four spanning images, then single planes: 3 x 7 planes)
