@@ -11,6 +11,12 @@
 
 #define CN_A512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 
+/* 3x3, stride 1, padding 1 on 4x4 planes (one vector each): tap q = (ky, kx) of output lane o
+ * reads input lane o + CN_W4_OFF(q), inside the plane where CN_W4_K(q) has o */
+#define CN_W4_K(q) ((__mmask16)(((q) % 3 == 0 ? 0xEEEE : (q) % 3 == 2 ? 0x7777 : 0xFFFF) & \
+                                ((q) / 3 == 0 ? 0xFFF0 : (q) / 3 == 2 ? 0x0FFF : 0xFFFF)))
+#define CN_W4_OFF(q) (((q) / 3 - 1) * 4 + (q) % 3 - 1)
+
 /* batch norm as the separate pass (CN_BN_VAL): (v - m) * k + bt with one rounding */
 static CN_A512 inline __m512 cn512_bn(__m512 v, __m512 m, __m512 k, __m512 bt) {
   return _mm512_fmadd_ps(_mm512_sub_ps(v, m), k, bt);

@@ -383,10 +383,15 @@ typedef struct {
 /* B(k = channel, j = image) = act(bn(depthwise(x)))[image][channel]: planes of 16 values (4x4), one
  * vector each, 32 columns = 2 images per panel. The taps as in cn_dw_sp_plane_avx512 (one chain
  * of masked FMAs in tap order), so the fused and the unfused inference give the same floats. */
+DC_A512 static void pack_b_dw_pairs(const dwpack_ctx *D, long j0, long len, long k0, long kc, float *dst);
 DC_A512 static void pack_b_dw(const cn_gemm *g, long j0, long len, long k0, long kc, float *dst, int tid) {
   (void)tid;
   const dwpack_ctx *D = (const dwpack_ctx *)g->bctx;
   const long NR = 32, P = D->P, cols = D->N * P;
+  if (len % NR == 0 && j0 % NR == 0 && j0 + len <= cols) {
+    pack_b_dw_pairs(D, j0, len, k0, kc, dst);
+    return;
+  }
   const long panels = (len + NR - 1) / NR;
   const __m512 zero = _mm512_setzero_ps();
   const uint16_t *m = D->masks;
@@ -410,6 +415,36 @@ DC_A512 static void pack_b_dw(const cn_gemm *g, long j0, long len, long k0, long
           if (m[q]) v = _mm512_mask3_fmadd_ps(w[q], _mm512_maskz_loadu_ps((__mmask16)m[q], xp + D->delta[q]), v, (__mmask16)m[q]);
         _mm512_store_ps(d, cn512_act(cn512_bn(v, vm, vk, vt), D->act));
       }
+  }
+}
+
+/* pack_b_dw when every panel holds two whole images (len and j0 multiples of 32, within the
+ * columns): the taps at the constant offsets and masks of 3x3 stride 1 padding 1 on 4x4 planes
+ * (CN_W4_*, the lanes dc_fill_masks gives), the two images as independent chains; the same FMAs
+ * in the same order */
+DC_A512 static void pack_b_dw_pairs(const dwpack_ctx *D, long j0, long len, long k0, long kc, float *dst) {
+  const long NR = 32, panels = len / NR;
+  for (long k = 0; k < kc; k++) {
+    const long c = k0 + k;
+    __m512 w[9];
+    for (int q = 0; q < 9; q++) w[q] = _mm512_set1_ps(D->w[c * 9 + q]);
+    const __m512 vb = _mm512_set1_ps(D->b ? D->b[c] : 0.0f), vm = _mm512_set1_ps(D->mean[c]);
+    const __m512 vk = _mm512_set1_ps(D->scale[c]), vt = _mm512_set1_ps(D->shift[c]);
+    for (long t = 0; t < panels; t++) {
+      float *d = dst + t * kc * NR + k * NR;
+      const long img = (j0 + t * NR) / 16;
+      const float *x0 = D->x + (img * D->C + c) * 16, *x1 = x0 + D->C * 16;
+      __m512 v0 = vb, v1 = vb;
+#define PD(q)                                                                                                          \
+  do {                                                                                                                 \
+    v0 = _mm512_mask3_fmadd_ps(w[q], _mm512_maskz_loadu_ps(CN_W4_K(q), x0 + CN_W4_OFF(q)), v0, CN_W4_K(q));           \
+    v1 = _mm512_mask3_fmadd_ps(w[q], _mm512_maskz_loadu_ps(CN_W4_K(q), x1 + CN_W4_OFF(q)), v1, CN_W4_K(q));           \
+  } while (0)
+      PD(0); PD(1); PD(2); PD(3); PD(4); PD(5); PD(6); PD(7); PD(8);
+#undef PD
+      _mm512_store_ps(d, cn512_act(cn512_bn(v0, vm, vk, vt), D->act));
+      _mm512_store_ps(d + 16, cn512_act(cn512_bn(v1, vm, vk, vt), D->act));
+    }
   }
 }
 

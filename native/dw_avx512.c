@@ -888,9 +888,8 @@ A512 void cn_dw_wgrad_2x2_avx512(const float *dy, long dy_stride, const float *x
  * reads dy lane o - W4_OFF(q), inside where W4_K(8 - q) has o. Masked loads at these constant
  * offsets give the small-plane kernels' tap values on their lanes without the per-tap index and
  * mask loads and permutes. */
-#define W4_K(q) ((__mmask16)(((q) % 3 == 0 ? 0xEEEE : (q) % 3 == 2 ? 0x7777 : 0xFFFF) & \
-                             ((q) / 3 == 0 ? 0xFFF0 : (q) / 3 == 2 ? 0x0FFF : 0xFFFF)))
-#define W4_OFF(q) (((q) / 3 - 1) * 4 + (q) % 3 - 1)
+#define W4_K CN_W4_K
+#define W4_OFF CN_W4_OFF
 
 /* cn_dw_sp_planes4_avx512 for 4x4 -> 4x4 (P->is4x4): the same FMAs in the same order */
 #define F4_TAP(q)                                                                                                      \
