@@ -375,55 +375,19 @@ typedef struct {
   const float *x, *w, *b;               /* depthwise input (N, C, H, W), weights (C, 1, kh, kw), bias */
   const float *mean, *scale, *shift;    /* its batch norm, as cn_epilogue */
   int act;
-  const uint16_t *masks;                /* [9]: the taps' lanes inside the plane */
-  long delta[DC_MAX_TAPS];
-  long C, P, N;
+  long C, N;
 } dwpack_ctx;
 
 /* B(k = channel, j = image) = act(bn(depthwise(x)))[image][channel]: planes of 16 values (4x4), one
- * vector each, 32 columns = 2 images per panel. The taps as in cn_dw_sp_plane_avx512 (one chain
- * of masked FMAs in tap order), so the fused and the unfused inference give the same floats. */
-DC_A512 static void pack_b_dw_pairs(const dwpack_ctx *D, long j0, long len, long k0, long kc, float *dst);
+ * vector each, 32 columns = 2 images per panel. The taps at the constant offsets and masks of 3x3
+ * stride 1 padding 1 on 4x4 planes (CN_W4_*), in tap order as the unfused 4x4 kernel applies
+ * them (fwd_4x4_planes4), so the fused and the unfused inference give the same floats; a panel's
+ * two images as independent chains. */
 DC_A512 static void pack_b_dw(const cn_gemm *g, long j0, long len, long k0, long kc, float *dst, int tid) {
   (void)tid;
   const dwpack_ctx *D = (const dwpack_ctx *)g->bctx;
-  const long NR = 32, P = D->P, cols = D->N * P;
-  if (len % NR == 0 && j0 % NR == 0 && j0 + len <= cols) {
-    pack_b_dw_pairs(D, j0, len, k0, kc, dst);
-    return;
-  }
+  const long NR = 32, cols = D->N * 16, end = j0 + len < cols ? j0 + len : cols;
   const long panels = (len + NR - 1) / NR;
-  const __m512 zero = _mm512_setzero_ps();
-  const uint16_t *m = D->masks;
-  for (long k = 0; k < kc; k++) {
-    const long c = k0 + k;
-    __m512 w[9];
-    for (int q = 0; q < 9; q++) w[q] = _mm512_set1_ps(D->w[c * 9 + q]);
-    const __m512 vb = _mm512_set1_ps(D->b ? D->b[c] : 0.0f), vm = _mm512_set1_ps(D->mean[c]);
-    const __m512 vk = _mm512_set1_ps(D->scale[c]), vt = _mm512_set1_ps(D->shift[c]);
-    for (long t = 0; t < panels; t++)
-      for (long h = 0; h < 2; h++) {
-        float *d = dst + t * kc * NR + k * NR + h * 16;
-        const long j = j0 + t * NR + h * 16; /* = image * 16 */
-        if (j >= j0 + len || j >= cols) {
-          _mm512_store_ps(d, zero);
-          continue;
-        }
-        const float *xp = D->x + ((j / 16) * D->C + c) * P;
-        __m512 v = vb;
-        for (int q = 0; q < 9; q++)
-          if (m[q]) v = _mm512_mask3_fmadd_ps(w[q], _mm512_maskz_loadu_ps((__mmask16)m[q], xp + D->delta[q]), v, (__mmask16)m[q]);
-        _mm512_store_ps(d, cn512_act(cn512_bn(v, vm, vk, vt), D->act));
-      }
-  }
-}
-
-/* pack_b_dw when every panel holds two whole images (len and j0 multiples of 32, within the
- * columns): the taps at the constant offsets and masks of 3x3 stride 1 padding 1 on 4x4 planes
- * (CN_W4_*, the lanes dc_fill_masks gives), the two images as independent chains; the same FMAs
- * in the same order */
-DC_A512 static void pack_b_dw_pairs(const dwpack_ctx *D, long j0, long len, long k0, long kc, float *dst) {
-  const long NR = 32, panels = len / NR;
   for (long k = 0; k < kc; k++) {
     const long c = k0 + k;
     __m512 w[9];
@@ -432,18 +396,21 @@ DC_A512 static void pack_b_dw_pairs(const dwpack_ctx *D, long j0, long len, long
     const __m512 vk = _mm512_set1_ps(D->scale[c]), vt = _mm512_set1_ps(D->shift[c]);
     for (long t = 0; t < panels; t++) {
       float *d = dst + t * kc * NR + k * NR;
-      const long img = (j0 + t * NR) / 16;
-      const float *x0 = D->x + (img * D->C + c) * 16, *x1 = x0 + D->C * 16;
+      const long j = j0 + t * NR; /* = image * 16 */
+      const int has0 = j < end, has1 = j + 16 < end; /* columns past the end: zeros */
+      const float *x0 = D->x + ((j / 16) * D->C + c) * 16, *x1 = has1 ? x0 + D->C * 16 : x0;
       __m512 v0 = vb, v1 = vb;
 #define PD(q)                                                                                                          \
   do {                                                                                                                 \
     v0 = _mm512_mask3_fmadd_ps(w[q], _mm512_maskz_loadu_ps(CN_W4_K(q), x0 + CN_W4_OFF(q)), v0, CN_W4_K(q));           \
     v1 = _mm512_mask3_fmadd_ps(w[q], _mm512_maskz_loadu_ps(CN_W4_K(q), x1 + CN_W4_OFF(q)), v1, CN_W4_K(q));           \
   } while (0)
-      PD(0); PD(1); PD(2); PD(3); PD(4); PD(5); PD(6); PD(7); PD(8);
+      if (has0) {
+        PD(0); PD(1); PD(2); PD(3); PD(4); PD(5); PD(6); PD(7); PD(8);
+      }
 #undef PD
-      _mm512_store_ps(d, cn512_act(cn512_bn(v0, vm, vk, vt), D->act));
-      _mm512_store_ps(d + 16, cn512_act(cn512_bn(v1, vm, vk, vt), D->act));
+      _mm512_store_ps(d, has0 ? cn512_act(cn512_bn(v0, vm, vk, vt), D->act) : _mm512_setzero_ps());
+      _mm512_store_ps(d + 16, has1 ? cn512_act(cn512_bn(v1, vm, vk, vt), D->act) : _mm512_setzero_ps());
     }
   }
 }
@@ -457,8 +424,7 @@ int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, cons
     return cn_block_infer(x, NULL, NULL, NULL, gd, wd, &ed, g, w, epi, y);
   }
   if (cn_isa_id != 2 || cn_gk.nr != 32 || gd->groups != gd->c || gd->o != gd->c || gd->sh != 1 || gd->sw != 1 ||
-      2 * gd->ph != gd->kh - 1 || 2 * gd->pw != gd->kw - 1 || gd->oh != gd->h || gd->ow != gd->w || P % 16 != 0 ||
-      gd->kh != 3 || gd->kw != 3 || P != 16 || g->kh != 1 || g->kw != 1 || g->sh != 1 || g->sw != 1 || g->ph != 0 ||
+      gd->ph != 1 || gd->pw != 1 || gd->oh != gd->h || gd->ow != gd->w || gd->kh != 3 || gd->kw != 3 || P != 16 || g->kh != 1 || g->kw != 1 || g->sh != 1 || g->sw != 1 || g->ph != 0 ||
       g->pw != 0 || g->groups != 1 || g->c != gd->o || g->n != gd->n || g->h != gd->oh || g->w != gd->ow)
     return 0;
   dwpack_ctx D;
@@ -471,12 +437,7 @@ int cn_conv2d_dwpw(const float *x, const cn_conv_geom *gd, const float *wd, cons
   D.shift = td;
   D.act = actd;
   D.C = gd->c;
-  D.P = P;
   D.N = gd->n;
-  uint16_t *masks = (uint16_t *)cn_gws(CN_GWS_B, ((size_t)(P / 16 * 9) * sizeof(uint16_t) + 3) / 4);
-  if (!masks) abort();
-  dc_fill_masks(masks, D.delta, gd);
-  D.masks = masks;
   cn_gemm G;
   cn_gemm_init_strided(&G, g->o, g->n * P, g->c, w, g->c, 1, NULL, 0, 0, y, P);
   G.pack_b = pack_b_dw;
