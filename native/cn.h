@@ -354,13 +354,16 @@ typedef struct {
   uint16_t *hi;   /* [nout][ntaps] lanes whose source is >= 32 */
   int transposed; /* the input gradient's gather (else the forward mapping) */
   /* the convolution's geometry (either plan) is 3x3, padding 1 and: 4x4 -> 4x4 stride 1, 2x2 ->
-   * 2x2 stride 1, 8x8 -> 4x4 stride 2 */
-  int is4x4, is2x2, is8s2;
+   * 2x2 stride 1, 8x8 -> 4x4 stride 2, 4x4 -> 2x2 stride 2 */
+  int is4x4, is2x2, is8s2, is4s2;
 } cn_dw_sp_plan;
 int cn_dw_sp_applicable(long in_hw, long out_hw, long ntaps);
 void cn_dw_dgrad_4x4_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx);
 void cn_dw_dgrad_2x2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx);
 void cn_dw_dgrad_8x8s2_avx512(const float *dyp, const float *wk, float *dx);
+void cn_dw_dgrad_4x4s2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx);
+void cn_dw_wgrad_4x4s2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                              const cn_intf *tf, long c0, double *acc);
 void cn_dw_wgrad_2x2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
                             const cn_intf *tf, long c0, double *acc);
 int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh, long sw, long ph, long pw, long oh,

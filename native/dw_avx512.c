@@ -572,6 +572,7 @@ int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh
   const long rh = transposed ? H : oh, rw = transposed ? W : ow; /* the plane written */
   P->is2x2 = H == 2 && W == 2 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph == 1 && pw == 1 && oh == 2 && ow == 2;
   P->transposed = transposed;
+  P->is4s2 = H == 4 && W == 4 && kh == 3 && kw == 3 && sh == 2 && sw == 2 && ph == 1 && pw == 1 && oh == 2 && ow == 2;
   P->is8s2 = H == 8 && W == 8 && kh == 3 && kw == 3 && sh == 2 && sw == 2 && ph == 1 && pw == 1 && oh == 4 && ow == 4;
   P->is4x4 = H == 4 && W == 4 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph == 1 && pw == 1 && oh == 4 && ow == 4;
   P->in_size = ih * iw;
@@ -774,6 +775,8 @@ static A512 inline __m512 v2_per_plane(const float *s, long stride) {
   return _mm512_mask_mov_ps(b, 0xF000, _mm512_set1_ps(s[3 * stride]));
 }
 
+static A512 inline double v2_plane_sum(__m512 v, int j);
+
 /* the nine taps' weights of four adjacent channels' kernels (wk, 9 apart), each over its plane */
 static A512 inline void v2_weights(const float *wk, __m512 *wq) {
   const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16), w2 = _mm512_maskz_loadu_ps(0x000F, wk + 32);
@@ -787,16 +790,10 @@ static A512 inline void v2_weights(const float *wk, __m512 *wq) {
 }
 
 /* forward (cn_dw_sp_planes4_avx512 on 2x2 planes, 4 floats apart): four planes of one image */
-static A512 void fwd_2x2_planes4(const float *in, const float *wk, const float *bias, float *out,
-                                 const cn_dw_pepi *pe) {
-  __m512 wq[9];
-  v2_weights(wk, wq);
-  const __m512 x = _mm512_loadu_ps(in);
-  __m512 a = bias ? v2_per_plane(bias, 1) : _mm512_setzero_ps();
-#define F2(q) a = _mm512_mask3_fmadd_ps(wq[q], V2_TAP(x, q), a, V2_M(q))
-  F2(0); F2(1); F2(2); F2(3); F2(4); F2(5); F2(6); F2(7); F2(8);
-#undef F2
-  if (pe) { /* pepi per plane: its scalars over its lanes, its residual plane's 4 floats */
+/* the four planes' outputs (one 128-bit lane each) through their inference epilogues (pepi per
+ * plane: its scalars over its lanes, its residual plane's 4 floats), stored at out */
+static A512 void v2_store(__m512 a, const cn_dw_pepi *pe, float *out) {
+  if (pe) {
     const float m[4] = {pe[0].m, pe[1].m, pe[2].m, pe[3].m}, k[4] = {pe[0].k, pe[1].k, pe[2].k, pe[3].k};
     const float bt[4] = {pe[0].bt, pe[1].bt, pe[2].bt, pe[3].bt};
     a = cn512_bn(a, v2_per_plane(m, 1), v2_per_plane(k, 1), v2_per_plane(bt, 1));
@@ -811,6 +808,121 @@ static A512 void fwd_2x2_planes4(const float *in, const float *wk, const float *
   }
   _mm512_storeu_ps(out, a);
 }
+
+static A512 void fwd_2x2_planes4(const float *in, const float *wk, const float *bias, float *out,
+                                 const cn_dw_pepi *pe) {
+  __m512 wq[9];
+  v2_weights(wk, wq);
+  const __m512 x = _mm512_loadu_ps(in);
+  __m512 a = bias ? v2_per_plane(bias, 1) : _mm512_setzero_ps();
+#define F2(q) a = _mm512_mask3_fmadd_ps(wq[q], V2_TAP(x, q), a, V2_M(q))
+  F2(0); F2(1); F2(2); F2(3); F2(4); F2(5); F2(6); F2(7); F2(8);
+#undef F2
+  v2_store(a, pe, out);
+}
+
+/* ---- 4x4 -> 2x2, 3x3, stride 2, padding 1 (MobileNetV1's last stride-2 layer): four channels'
+ * outputs in one vector (one 128-bit lane each). Output lane l = (i, j) of tap q = (ky, kx) reads
+ * x(2i + ky - 1, 2j + kx - 1) = lane V4_SRC of its channel's input plane (one vector: a permute
+ * of two planes per pair of channels, and a blend), inside where V4_M has l. Each plane's lanes
+ * see the small-plane kernels' FMAs in their order (the same floats). */
+#define V4_Y(l, ky) (2 * ((l) >> 1) + (ky) - 1)
+#define V4_X(l, kx) (2 * ((l) & 1) + (kx) - 1)
+#define V4_OK(l, q) (V4_Y(l, (q) / 3) >= 0 && V4_X(l, (q) % 3) >= 0)
+#define V4_SRC(l, q) (V4_OK(l, q) ? V4_Y(l, (q) / 3) * 4 + V4_X(l, (q) % 3) : 0)
+#define V4_M(q) ((__mmask16)((V4_OK(0, q) | V4_OK(1, q) << 1 | V4_OK(2, q) << 2 | V4_OK(3, q) << 3) * 0x1111))
+/* the tap's vector from the four input planes r[0..3]: lanes 4j + l from plane j, lane V4_SRC(l) */
+#define V4_IX(q) _mm512_set_epi32(16 + V4_SRC(3, q), 16 + V4_SRC(2, q), 16 + V4_SRC(1, q), 16 + V4_SRC(0, q),   \
+                                  V4_SRC(3, q), V4_SRC(2, q), V4_SRC(1, q), V4_SRC(0, q),                           \
+                                  16 + V4_SRC(3, q), 16 + V4_SRC(2, q), 16 + V4_SRC(1, q), 16 + V4_SRC(0, q),       \
+                                  V4_SRC(3, q), V4_SRC(2, q), V4_SRC(1, q), V4_SRC(0, q))
+#define V4_TAP(r, q) _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps((r)[0], V4_IX(q), (r)[1]),                   \
+                                          _mm512_permutex2var_ps((r)[2], V4_IX(q), (r)[3]))
+
+/* forward (cn_dw_sp_planes4_avx512 on 4x4 -> 2x2 stride 2: inputs 16 floats apart, outputs 4) */
+static A512 void fwd_4x4s2_planes4(const float *in, const float *wk, const float *bias, float *out,
+                                   const cn_dw_pepi *pe) {
+  __m512 wq[9];
+  v2_weights(wk, wq);
+  const __m512 r[4] = {_mm512_loadu_ps(in), _mm512_loadu_ps(in + 16), _mm512_loadu_ps(in + 32), _mm512_loadu_ps(in + 48)};
+  __m512 a = bias ? v2_per_plane(bias, 1) : _mm512_setzero_ps();
+#define F4S(q) a = _mm512_mask3_fmadd_ps(wq[q], V4_TAP(r, q), a, V4_M(q))
+  F4S(0); F4S(1); F4S(2); F4S(3); F4S(4); F4S(5); F4S(6); F4S(7); F4S(8);
+#undef F4S
+  v2_store(a, pe, out);
+}
+
+/* acc[j * 9 + tap] += the weight gradient of channels c0..c0+3 (4x4 -> 2x2 stride 2) over
+ * `count` images: x planes (16 floats, adjacent) every x_stride, through tf (or NULL) per
+ * channel; dy planes (4 floats, adjacent) every dy_stride. cn_dw_sp_wgrad_avx512's FMAs and
+ * per-plane reductions. */
+A512 void cn_dw_wgrad_4x4s2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                                   const cn_intf *tf, long c0, double *acc) {
+  __m512 a[9];
+  for (int q = 0; q < 9; q++) a[q] = _mm512_setzero_ps();
+  for (long i = 0; i < count; i++) {
+    if (i + 4 < count) {
+      for (int j = 0; j < 4; j++) _mm_prefetch((const char *)(x + (i + 4) * x_stride + 16 * j), _MM_HINT_T0);
+      _mm_prefetch((const char *)(dy + (i + 4) * dy_stride), _MM_HINT_T0);
+    }
+    __m512 r[4];
+    for (int j = 0; j < 4; j++) {
+      r[j] = _mm512_loadu_ps(x + i * x_stride + 16 * j);
+      if (tf)
+        r[j] = cn512_tf(r[j], _mm512_set1_ps(tf->mean[c0 + j]), _mm512_set1_ps(tf->scale[c0 + j]),
+                        _mm512_set1_ps(tf->shift[c0 + j]), tf->act);
+    }
+    const __m512 g = _mm512_loadu_ps(dy + i * dy_stride);
+#define W4S(q) a[q] = _mm512_mask3_fmadd_ps(g, V4_TAP(r, q), a[q], V4_M(q))
+    W4S(0); W4S(1); W4S(2); W4S(3); W4S(4); W4S(5); W4S(6); W4S(7); W4S(8);
+#undef W4S
+  }
+  for (int j = 0; j < 4; j++)
+    for (int q = 0; q < 9; q++) acc[j * 9 + q] += v2_plane_sum(a[q], j);
+}
+
+/* The input gradient of 4x4 -> 2x2 stride-2 planes (one channel per group): dx plane p (16
+ * floats) from dy plane p (4 floats), kernel of channel p % c, planes p0..p1; four adjacent
+ * channels of one image at a time (their dy in one vector; four independent chains), else one
+ * by one. Each plane's FMAs are those of the transposed small-plane plan, in its order: dx lane
+ * (y, x) gathers dy(i, j) through tap q where y = 2i + ky - 1 and x = 2j + kx - 1. */
+#define V4T_IN(t) ((t) >= 0 && (t) % 2 == 0 && (t) / 2 < 2) /* t = 2i: a row (column) of dy */
+#define V4T_OK(o, q) (V4T_IN(((o) >> 2) + 1 - (q) / 3) && V4T_IN(((o) & 3) + 1 - (q) % 3))
+#define V4T_SRC(o, q) (V4T_OK(o, q) ? ((((o) >> 2) + 1 - (q) / 3) / 2) * 2 + (((o) & 3) + 1 - (q) % 3) / 2 : 0)
+A512 void cn_dw_dgrad_4x4s2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
+  static int32_t ix[9][16];
+  static uint16_t mk[9];
+  static volatile int ready = 0;
+  if (!ready) { /* (idempotent: racing threads write the same values) */
+    for (int q = 0; q < 9; q++) {
+      uint16_t m = 0;
+      for (int o = 0; o < 16; o++) {
+        ix[q][o] = V4T_SRC(o, q);
+        if (V4T_OK(o, q)) m |= (uint16_t)(1u << o);
+      }
+      mk[q] = m;
+    }
+    ready = 1;
+  }
+  for (long p = p0; p < p1;) {
+    const long ch = p % c;
+    const int n4 = ch + 4 <= c && p + 4 <= p1 ? 4 : 1;
+    const __m512 d = _mm512_maskz_loadu_ps(n4 == 4 ? 0xFFFF : 0x000F, dy + p * 4);
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int q = 0; q < 9; q++) {
+      const __m512i base = _mm512_loadu_si512((const void *)ix[q]);
+      for (int j = 0; j < n4; j++)
+        a[j] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(w[(ch + j) * 9 + q]),
+                                     _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32(4 * j)), d), a[j],
+                                     (__mmask16)mk[q]);
+    }
+    for (int j = 0; j < n4; j++) _mm512_storeu_ps(dx + (p + j) * 16, a[j]);
+    p += n4;
+  }
+}
+#undef V4T_SRC
+#undef V4T_OK
+#undef V4T_IN
 
 /* The input gradient of 2x2 -> 2x2 planes (3x3, stride 1, padding 1, one channel per group):
  * dx plane p from dy plane p (4 floats each, adjacent) with the kernel of channel p % c, planes
@@ -967,6 +1079,10 @@ A512 void cn_dw_sp_planes4_avx512(const float *in, long in_stride, const float *
     fwd_2x2_planes4(in, wk, bias, out, pe);
     return;
   }
+  if (P->is4s2 && !P->transposed && in_stride == 16 && out_stride == 4 && wk_stride == 9) {
+    fwd_4x4s2_planes4(in, wk, bias, out, pe);
+    return;
+  }
   const __mmask16 mi = sp_tail(P->in_size), mo = sp_tail(P->out_size);
   const __m512 r0 = _mm512_maskz_loadu_ps(mi, in), r1 = _mm512_maskz_loadu_ps(mi, in + in_stride);
   const __m512 r2 = _mm512_maskz_loadu_ps(mi, in + 2 * in_stride), r3 = _mm512_maskz_loadu_ps(mi, in + 3 * in_stride);
@@ -1112,6 +1228,13 @@ void cn_dw_dgrad_2x2_avx512(const float *dy, const float *w, long c, long p0, lo
   (void)dy, (void)w, (void)c, (void)p0, (void)p1, (void)dx;
 }
 void cn_dw_dgrad_8x8s2_avx512(const float *dyp, const float *wk, float *dx) { (void)dyp, (void)wk, (void)dx; }
+void cn_dw_dgrad_4x4s2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
+  (void)dy, (void)w, (void)c, (void)p0, (void)p1, (void)dx;
+}
+void cn_dw_wgrad_4x4s2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
+                              const cn_intf *tf, long c0, double *acc) {
+  (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)tf, (void)c0, (void)acc;
+}
 void cn_dw_wgrad_2x2_avx512(const float *dy, long dy_stride, const float *x, long x_stride, long count,
                             const cn_intf *tf, long c0, double *acc) {
   (void)dy, (void)dy_stride, (void)x, (void)x_stride, (void)count, (void)tf, (void)c0, (void)acc;

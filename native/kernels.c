@@ -1047,6 +1047,10 @@ static void dw_bwd_in_task(void *ctx, long t, int tid) {
     cn_dw_dgrad_2x2_avx512(J->x, J->w, g->c, p0, p1, (float *)J->y);
     return;
   }
+  if (J->sp && J->sp->is4s2 && J->sp->transposed && J->mult == 1) {
+    cn_dw_dgrad_4x4s2_avx512(J->x, J->w, g->c, p0, p1, (float *)J->y);
+    return;
+  }
   if (J->sp && J->sp->is8s2 && J->sp->transposed && J->mult == 1) {
     for (long pl = p0; pl < p1; pl++)
       cn_dw_dgrad_8x8s2_avx512(J->x + pl * 16, J->w + (pl % g->c) * khw, (float *)J->y + pl * 64);
@@ -1215,15 +1219,19 @@ static void dw_bwd_w_task(void *ctx, long ch, int tid) {
   }
   const long hw = g->h * g->w;
   long oc0 = 0;
-  if (J->sp && J->sp->is2x2 && J->mult == 1) /* four channels at a time (one vector per image), the rest below */
+  const int four = J->sp && (J->sp->is2x2 || J->sp->is4s2) && J->mult == 1;
+  if (four) /* four channels at a time (their dy in one vector per image), the rest below */
     for (; oc0 + 4 <= g->o; oc0 += 4) {
       if (oc0 + 8 < g->o)
         for (long n = n0; n < n1; n++) {
-          __builtin_prefetch(J->x + (n * g->c + oc0 + 8) * hw);
+          for (long b = 0; b < 4 * hw; b += 16) __builtin_prefetch(J->x + (n * g->c + oc0 + 8) * hw + b);
           __builtin_prefetch(J->b + (n * g->o + oc0 + 8) * ohw);
         }
-      cn_dw_wgrad_2x2_avx512(J->b + (n0 * g->o + oc0) * ohw, g->o * ohw, J->x + (n0 * g->c + oc0) * hw, g->c * hw,
-                             n1 - n0, J->tf, oc0, acc + oc0 * khw);
+      const float *dy = J->b + (n0 * g->o + oc0) * ohw, *x = J->x + (n0 * g->c + oc0) * hw;
+      if (J->sp->is2x2)
+        cn_dw_wgrad_2x2_avx512(dy, g->o * ohw, x, g->c * hw, n1 - n0, J->tf, oc0, acc + oc0 * khw);
+      else
+        cn_dw_wgrad_4x4s2_avx512(dy, g->o * ohw, x, g->c * hw, n1 - n0, J->tf, oc0, acc + oc0 * khw);
     }
   for (long oc = oc0; oc < g->o; oc++) {
     if (oc + DW_PREFETCH_CHANNELS < g->o) {

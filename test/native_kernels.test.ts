@@ -134,6 +134,8 @@ describe('native kernels', { skip: nb ? false : `native backend unavailable: ${l
     ['depthwise 3x3 s1 p1 32x32', 2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 16, true],
     ['depthwise 3x3 s2 p1', 2, 16, 10, 9, 16, 3, 3, 2, 2, 1, 1, 16, false],
     ['depthwise 3x3 s2 p1 4x4', 3, 8, 4, 4, 8, 3, 3, 2, 2, 1, 1, 8, false],
+    ['depthwise 3x3 s2 p1 4x4, 7 channels (four planes per vector, then one)', 3, 7, 4, 4, 7, 3, 3, 2, 2, 1, 1, 7, true],
+    ['depthwise 3x3 s2 p1 4x4, multiplier 2', 2, 5, 4, 4, 10, 3, 3, 2, 2, 1, 1, 5, false],
     ['depthwise 3x3 s1 p1 2x2', 2, 24, 2, 2, 24, 3, 3, 1, 1, 1, 1, 24, false],
     ['depthwise multiplier 2', 2, 6, 7, 8, 12, 3, 3, 1, 1, 1, 1, 6, true],
     ['depthwise 5x5 s1 p2', 2, 8, 9, 9, 8, 5, 5, 1, 1, 2, 2, 8, false],
