@@ -775,7 +775,7 @@ static A512 inline __m512 v2_per_plane(const float *s, long stride) {
   return _mm512_mask_mov_ps(b, 0xF000, _mm512_set1_ps(s[3 * stride]));
 }
 
-static A512 inline double v2_plane_sum(__m512 v, int j);
+static A512 inline void v2_add_sums(const __m512 *a, double *acc);
 
 /* the nine taps' weights of four adjacent channels' kernels (wk, 9 apart), each over its plane */
 static A512 inline void v2_weights(const float *wk, __m512 *wq) {
@@ -877,8 +877,7 @@ A512 void cn_dw_wgrad_4x4s2_avx512(const float *dy, long dy_stride, const float 
     W4S(0); W4S(1); W4S(2); W4S(3); W4S(4); W4S(5); W4S(6); W4S(7); W4S(8);
 #undef W4S
   }
-  for (int j = 0; j < 4; j++)
-    for (int q = 0; q < 9; q++) acc[j * 9 + q] += v2_plane_sum(a[q], j);
+  v2_add_sums(a, acc);
 }
 
 /* The input gradient of 4x4 -> 2x2 stride-2 planes (one channel per group): dx plane p (16
@@ -965,6 +964,12 @@ static A512 inline double v2_plane_sum(__m512 v, int j) {
   return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
 }
 
+/* acc[j * 9 + tap] += the double sum of plane j's lanes of a[tap] (v2_plane_sum) */
+static A512 inline void v2_add_sums(const __m512 *a, double *acc) {
+  for (int j = 0; j < 4; j++)
+    for (int q = 0; q < 9; q++) acc[j * 9 + q] += v2_plane_sum(a[q], j);
+}
+
 /* acc[j * 9 + tap] += sum over `count` images of dy * x_tap for the four adjacent 2x2 planes
  * j = 0..3 of channels c0..c0+3 (dy and x: the four planes' 16 floats every dy_stride / x_stride),
  * x through the input transform tf (or NULL) as cn_intf_rows would: cn_dw_sp_wgrad_avx512's FMAs
@@ -991,8 +996,7 @@ A512 void cn_dw_wgrad_2x2_avx512(const float *dy, long dy_stride, const float *x
     W2(0); W2(1); W2(2); W2(3); W2(4); W2(5); W2(6); W2(7); W2(8);
 #undef W2
   }
-  for (int j = 0; j < 4; j++)
-    for (int q = 0; q < 9; q++) acc[j * 9 + q] += v2_plane_sum(a[q], j);
+  v2_add_sums(a, acc);
 }
 
 /* 4x4 planes, 3x3, stride 1, padding 1: tap q = (ky, kx) of output lane o = (oy, ox) reads input
