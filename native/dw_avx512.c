@@ -1225,6 +1225,10 @@ int cn_dw_sp_prepare(cn_dw_sp_plan *P, long H, long W, long kh, long kw, long sh
   return 0;
 }
 void cn_dw_sp_release(cn_dw_sp_plan *P) { (void)P; }
+void cn_dw_sp_planes4_avx512(const float *in, long in_stride, const float *wk, long wk_stride, const float *bias,
+                             float *out, long out_stride, const cn_dw_sp_plan *P, const cn_dw_pepi *pe) {
+  (void)in, (void)in_stride, (void)wk, (void)wk_stride, (void)bias, (void)out, (void)out_stride, (void)P, (void)pe;
+}
 void cn_dw_dgrad_4x4_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
   (void)dy, (void)w, (void)c, (void)p0, (void)p1, (void)dx;
 }
