@@ -888,37 +888,35 @@ A512 void cn_dw_wgrad_4x4s2_avx512(const float *dy, long dy_stride, const float 
 #define V4T_IN(t) ((t) >= 0 && (t) % 2 == 0 && (t) / 2 < 2) /* t = 2i: a row (column) of dy */
 #define V4T_OK(o, q) (V4T_IN(((o) >> 2) + 1 - (q) / 3) && V4T_IN(((o) & 3) + 1 - (q) % 3))
 #define V4T_SRC(o, q) (V4T_OK(o, q) ? ((((o) >> 2) + 1 - (q) / 3) / 2) * 2 + (((o) & 3) + 1 - (q) % 3) / 2 : 0)
+#define V4T_IX(q)                                                                                                      \
+  _mm512_set_epi32(V4T_SRC(15, q), V4T_SRC(14, q), V4T_SRC(13, q), V4T_SRC(12, q), V4T_SRC(11, q), V4T_SRC(10, q),    \
+                   V4T_SRC(9, q), V4T_SRC(8, q), V4T_SRC(7, q), V4T_SRC(6, q), V4T_SRC(5, q), V4T_SRC(4, q),          \
+                   V4T_SRC(3, q), V4T_SRC(2, q), V4T_SRC(1, q), V4T_SRC(0, q))
+#define V4T_M4(r, q) (V4T_OK(4 * (r), q) | V4T_OK(4 * (r) + 1, q) << 1 | V4T_OK(4 * (r) + 2, q) << 2 | V4T_OK(4 * (r) + 3, q) << 3)
+#define V4T_M(q) ((__mmask16)(V4T_M4(0, q) | V4T_M4(1, q) << 4 | V4T_M4(2, q) << 8 | V4T_M4(3, q) << 12))
 A512 void cn_dw_dgrad_4x4s2_avx512(const float *dy, const float *w, long c, long p0, long p1, float *dx) {
-  static int32_t ix[9][16];
-  static uint16_t mk[9];
-  static volatile int ready = 0;
-  if (!ready) { /* (idempotent: racing threads write the same values) */
-    for (int q = 0; q < 9; q++) {
-      uint16_t m = 0;
-      for (int o = 0; o < 16; o++) {
-        ix[q][o] = V4T_SRC(o, q);
-        if (V4T_OK(o, q)) m |= (uint16_t)(1u << o);
-      }
-      mk[q] = m;
-    }
-    ready = 1;
-  }
   for (long p = p0; p < p1;) {
     const long ch = p % c;
     const int n4 = ch + 4 <= c && p + 4 <= p1 ? 4 : 1;
     const __m512 d = _mm512_maskz_loadu_ps(n4 == 4 ? 0xFFFF : 0x000F, dy + p * 4);
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int q = 0; q < 9; q++) {
-      const __m512i base = _mm512_loadu_si512((const void *)ix[q]);
-      for (int j = 0; j < n4; j++)
-        a[j] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(w[(ch + j) * 9 + q]),
-                                     _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32(4 * j)), d), a[j],
-                                     (__mmask16)mk[q]);
-    }
+#define T4(q)                                                                                                          \
+  do {                                                                                                                 \
+    const __m512i ix = V4T_IX(q);                                                                                      \
+    for (int j = 0; j < n4; j++)                                                                                       \
+      a[j] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(w[(ch + j) * 9 + (q)]),                                              \
+                                   _mm512_permutexvar_ps(_mm512_add_epi32(ix, _mm512_set1_epi32(4 * j)), d), a[j],     \
+                                   V4T_M(q));                                                                          \
+  } while (0)
+    T4(0); T4(1); T4(2); T4(3); T4(4); T4(5); T4(6); T4(7); T4(8);
+#undef T4
     for (int j = 0; j < n4; j++) _mm512_storeu_ps(dx + (p + j) * 16, a[j]);
     p += n4;
   }
 }
+#undef V4T_M
+#undef V4T_M4
+#undef V4T_IX
 #undef V4T_SRC
 #undef V4T_OK
 #undef V4T_IN

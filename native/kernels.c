@@ -1039,11 +1039,11 @@ static void dw_bwd_in_task(void *ctx, long t, int tid) {
     }
     return;
   }
-  if (J->sp && J->sp->is4x4 && J->mult == 1) {
+  if (J->sp && J->sp->is4x4 && J->sp->transposed && J->mult == 1) {
     cn_dw_dgrad_4x4_avx512(J->x, J->w, g->c, p0, p1, (float *)J->y);
     return;
   }
-  if (J->sp && J->sp->is2x2 && J->mult == 1) {
+  if (J->sp && J->sp->is2x2 && J->sp->transposed && J->mult == 1) {
     cn_dw_dgrad_2x2_avx512(J->x, J->w, g->c, p0, p1, (float *)J->y);
     return;
   }
