@@ -221,6 +221,12 @@ static const cn_intf *intf_args(call_t *c, size_t i, const cn_conv_geom *g, cn_i
   return tf;
 }
 
+/* floats of per-image-group partials (two per group and channel): n images of hw values, ch channels */
+static size_t group_parts_floats(long n, long ch, long hw) {
+  const long G = cn_bn_group_images(hw);
+  return (size_t)(2 * ((n + G - 1) / G) * ch);
+}
+
 /* conv2d(x, w, b|null, y, g[, mean|null, scale, shift, act[, stats|null]]): the optional input
  * transform; stats (no bias): the batch statistics partials of y where the path computes them
  * (cn_conv2d_stats). Returns whether stats were written. */
@@ -236,8 +242,7 @@ static napi_value js_conv2d(napi_env env, napi_callback_info info) {
   float *y = arr(&c, 3, napi_float32_array, (size_t)(g.n * g.o * g.oh * g.ow), 0, "y");
   cn_intf tfs;
   const cn_intf *tf = intf_args(&c, 5, &g, &tfs);
-  const long G = cn_bn_group_images(g.oh * g.ow);
-  float *gs = arr(&c, 9, napi_float32_array, (size_t)(2 * ((g.n + G - 1) / G) * g.o), 1, "statistics partials");
+  float *gs = arr(&c, 9, napi_float32_array, group_parts_floats(g.n, g.o, g.oh * g.ow), 1, "statistics partials");
   if (gs && b) fail(&c, "convnets native: conv2d computes statistics partials only without a bias");
   if (c.failed) return NULL;
   int done = 0;
@@ -270,8 +275,7 @@ static napi_value js_bn_stats_from_partials(napi_env env, napi_callback_info inf
   const long n = inum(&c, 4), ch = inum(&c, 5), hw = inum(&c, 6);
   const double eps = num(&c, 7);
   if (c.failed) return NULL;
-  const long G = cn_bn_group_images(hw);
-  const float *gs = arr(&c, 0, napi_float32_array, (size_t)(2 * ((n + G - 1) / G) * ch), 0, "statistics partials");
+  const float *gs = arr(&c, 0, napi_float32_array, group_parts_floats(n, ch, hw), 0, "statistics partials");
   float *mean = arr(&c, 1, napi_float32_array, (size_t)ch, 0, "mean");
   float *var = arr(&c, 2, napi_float32_array, (size_t)ch, 0, "var");
   float *invstd = arr(&c, 3, napi_float32_array, (size_t)ch, 0, "invstd");
@@ -419,9 +423,8 @@ static napi_value js_conv2d_bwd_input(napi_env env, napi_callback_info info) {
   /* the batch norm + activation whose output x is: its transform and input, the partials' buffer */
   cn_intf tfs;
   const cn_intf *t = intf_args(&c, 4, &g, &tfs);
-  const long G = cn_bn_group_images(g.h * g.w);
   const float *bx = t ? arr(&c, 8, napi_float32_array, (size_t)(g.n * g.c * g.h * g.w), 0, "batch norm input") : NULL;
-  float *parts = t ? arr(&c, 9, napi_float32_array, (size_t)(2 * ((g.n + G - 1) / G) * g.c), 0, "bnParts") : NULL;
+  float *parts = t ? arr(&c, 9, napi_float32_array, group_parts_floats(g.n, g.c, g.h * g.w), 0, "bnParts") : NULL;
   if (c.failed) return NULL;
   LOCK();
   const int done = t ? cn_conv2d_backward_input_bnp(dy, w, dx, &g, t, bx, parts) : (cn_conv2d_backward_input(dy, w, dx, &g), 0);
@@ -466,8 +469,7 @@ static napi_value js_conv2d_bwd_pw(napi_env env, napi_callback_info info) {
   float *dw = arr(&c, 4, napi_float32_array, (size_t)(g.o * (g.c / g.groups) * g.kh * g.kw), 0, "dw");
   cn_intf tfs;
   const cn_intf *tf = intf_args(&c, 6, &g, &tfs);
-  const long G = cn_bn_group_images(g.h * g.w);
-  float *bnp = arr(&c, 10, napi_float32_array, (size_t)(2 * ((g.n + G - 1) / G) * g.c), 1, "bnParts");
+  float *bnp = arr(&c, 10, napi_float32_array, group_parts_floats(g.n, g.c, g.h * g.w), 1, "bnParts");
   cn_bwtf dts;
   const cn_bwtf *dt = is_nullish(&c, 11) ? NULL : bwtf_args(&c, 11, dy, g.n, g.o, g.oh * g.ow, &dts);
   if (c.failed) return NULL;
@@ -618,8 +620,7 @@ static napi_value js_bn_bw_coefs(napi_env env, napi_callback_info info) {
   if (!start(&c, env, info)) return NULL;
   const long n = inum(&c, 6), ch = inum(&c, 7), hw = inum(&c, 8);
   if (c.failed) return NULL;
-  const long G = cn_bn_group_images(hw);
-  const float *parts = arr(&c, 0, napi_float32_array, (size_t)(2 * ((n + G - 1) / G) * ch), 0, "parts");
+  const float *parts = arr(&c, 0, napi_float32_array, group_parts_floats(n, ch, hw), 0, "parts");
   const float *is = arr(&c, 1, napi_float32_array, (size_t)ch, 0, "invstd");
   const float *wt = arr(&c, 2, napi_float32_array, (size_t)ch, 1, "weight");
   float *dw = arr(&c, 3, napi_float32_array, (size_t)ch, 0, "dweight");

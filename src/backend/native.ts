@@ -123,6 +123,8 @@ function makeBackend(A: NativeAddon): Backend {
     pg[6] = g.sh; pg[7] = g.sw; pg[8] = g.ph; pg[9] = g.pw; pg[10] = g.oh; pg[11] = g.ow;
     return pg;
   };
+  // floats of per-image-group partials (two per group and channel), as the addon checks them
+  const groupPartsLength = (n: number, c: number, hw: number): number => 2 * Math.ceil(n / A.bnGroupImages(hw)) * c;
   const unary = (op: number, x: F32, s = 0): F32 => {
     const y = out(x.length);
     A.elementwise(op, x, null, y, s);
@@ -146,8 +148,7 @@ function makeBackend(A: NativeAddon): Backend {
     },
     conv2dWithStats(x: F32, w: F32, g: ConvGeom, tf?: InputTransform | null): { y: F32; partials: F32 | null } {
       const y = out(g.n * g.o * g.oh * g.ow);
-      const group = A.bnGroupImages(g.oh * g.ow);
-      const partials = out(2 * Math.ceil(g.n / group) * g.o);
+      const partials = out(groupPartsLength(g.n, g.o, g.oh * g.ow));
       const done = A.conv2d(x, w, null, y, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, partials);
       if (done) return { y, partials };
       releaseOutput(partials);
@@ -198,7 +199,7 @@ function makeBackend(A: NativeAddon): Backend {
         A.conv2dBackwardInput(dy, w, dx, convGeom(g));
         return { dx, bnParts: null };
       }
-      const parts = out(2 * Math.ceil(g.n / A.bnGroupImages(g.h * g.w)) * g.c);
+      const parts = out(groupPartsLength(g.n, g.c, g.h * g.w));
       if (A.conv2dBackwardInput(dy, w, dx, convGeom(g), t.mean, t.scale, t.shift, t.act, bx, parts) === 1) return { dx, bnParts: parts };
       releaseOutput(parts);
       return { dx, bnParts: null };
@@ -208,7 +209,7 @@ function makeBackend(A: NativeAddon): Backend {
       if (!isPointwise(g) && !depthwise) return null;
       const dx = out(g.n * g.c * g.h * g.w);
       const dw = out(g.o * (g.c / g.groups) * g.kh * g.kw);
-      const parts = bnParts && tf && tf.act !== 0 ? out(2 * Math.ceil(g.n / A.bnGroupImages(g.h * g.w)) * g.c) : null;
+      const parts = bnParts && tf && tf.act !== 0 ? out(groupPartsLength(g.n, g.c, g.h * g.w)) : null;
       const done = A.conv2dBackwardPw(dy, x, w, dx, dw, convGeom(g), tf ? tf.mean : null, tf ? tf.scale : null, tf ? tf.shift : null, tf ? tf.act : 0, parts, dyT ? dyT.x : null, dyT?.mean, dyT?.scale, dyT?.shift, dyT?.coef, dyT?.act);
       if (parts !== null && done !== 2) releaseOutput(parts);
       if (done) return { dx, dw, bnParts: done === 2 ? parts : null };
