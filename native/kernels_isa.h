@@ -601,9 +601,7 @@ static ISA_ATTR void FN(dot2_block)(const float *dy, const float *x, long hw, lo
     sdyx[ch] += FN(hsum512d)(_mm512_add_ps(b0[ch], b1[ch]));
   }
 }
-#endif
 
-#if defined(ISA_AVX) && LANES == 32
 /* dot2_planes' accumulation of one plane into a group's accumulators kept in memory (acc: a0 a1
  * b0 b1, 64 floats): for a kernel that produces the planes of a group one at a time, apart
  * (cn_dw_backward_both); the same operations in the same order */
@@ -983,18 +981,15 @@ static void FN(fill_table)(cn_ktab *t) {
 #if defined(ISA_AVX) && LANES == 32
   t->stats_block = FN(stats_block);
   t->dot2_block = FN(dot2_block);
-#else
-  t->stats_block = NULL;
-  t->dot2_block = NULL;
-#endif
-  t->dot2_planes = FN(dot2_planes);
-#if defined(ISA_AVX) && LANES == 32
   t->dot2_acc = FN(dot2_acc);
   t->dot2_fin = FN(dot2_fin);
 #else
+  t->stats_block = NULL;
+  t->dot2_block = NULL;
   t->dot2_acc = NULL;
   t->dot2_fin = NULL;
 #endif
+  t->dot2_planes = FN(dot2_planes);
   t->dot2_act = FN(dot2_act);
   t->bn_bw_apply_act = FN(bn_bw_apply_act);
   t->bn_bw_apply_row = FN(bn_bw_apply_row);
